@@ -1,0 +1,185 @@
+"""Addon: the gateway's own API under `/api/v2/aibridge/{keys,query}`.
+
+DuckDB allows one writing process, so while the gateway runs the CLI manages
+keys and queries data through here. Every call is authenticated: an admin
+gateway key, or the local admin token the gateway writes next to its
+database (readable only by its owner) for the CLI on the same machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from mitmproxy import http
+
+from addons.auth import Identity, KeyCache, presented_credential
+from addons.config import parse_duration
+from addons.providers.base import any_error
+from addons.recorder import Recorder
+from addons.routing import RESERVED, is_gateway_request, json_response, split_gateway_path
+from addons.store import keys as keystore
+from addons.store.query import QueryError, run_query
+
+log = logging.getLogger("aigw.admin")
+
+KEY_PATH = re.compile(r"/(?P<id>[A-Za-z0-9_]+)")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
+def key_json(info: keystore.KeyInfo) -> dict[str, Any]:
+    return {
+        "id": info.id, "user": info.user_name, "admin": info.admin,
+        "created_at": _iso(info.created_at), "expires_at": _iso(info.expires_at),
+        "revoked_at": _iso(info.revoked_at), "last_used_at": _iso(info.last_used_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class AdminApi:
+    def __init__(self, recorder: Recorder, keys: KeyCache) -> None:
+        self.recorder = recorder
+        self.keys = keys
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not is_gateway_request(flow):
+            return
+        parts = split_gateway_path(flow.request.path)
+        if parts is None:
+            return
+        name, rest, _query = parts
+        if name not in RESERVED:
+            return
+        handler = getattr(self, f"api_{name}", None)
+        try:
+            if handler is None:
+                raise ApiError(404, f"no route for {flow.request.method} {name}{rest}", "not_found_error")
+            identity = self.authenticate(flow)
+            status, body = await handler(flow, identity, rest)
+        except ApiError as e:
+            status, body = e.status, orjson.loads(any_error(str(e), e.error_type))
+        except Exception:
+            log.exception("admin API failed")
+            status, body = 500, orjson.loads(any_error("internal error", "api_error"))
+        flow.response = json_response(status, orjson.dumps(body))
+
+    def authenticate(self, flow: http.HTTPFlow) -> Identity:
+        identity = self.keys.authenticate(presented_credential(flow.request.headers), datetime.now(UTC))
+        if identity is None:
+            raise ApiError(401, "missing or invalid gateway key", "authentication_error")
+        return identity
+
+    @staticmethod
+    def require_admin(identity: Identity) -> None:
+        if not identity.admin:
+            raise ApiError(403, "this needs an admin key", "permission_error")
+
+    async def on_writer(self, fn: Any) -> Any:
+        writer = self.recorder.writer
+        assert writer is not None
+        return await asyncio.to_thread(writer.call, fn)
+
+    async def reload_keys(self) -> None:
+        self.keys.replace(await self.on_writer(keystore.load_keys))
+
+    async def api_keys(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
+        self.require_admin(identity)
+        method = flow.request.method
+        if rest in ("", "/") and method == "GET":
+            infos = await self.on_writer(keystore.list_keys)
+            return 200, [key_json(i) for i in infos]
+        if rest in ("", "/") and method == "POST":
+            body = _json_body(flow)
+            user = body.get("user")
+            if not isinstance(user, str):
+                raise ApiError(400, "field 'user' is required", "invalid_request_error")
+            try:
+                expires = parse_duration(body["expires"], "expires") if body.get("expires") else None
+            except Exception as e:
+                raise ApiError(400, str(e), "invalid_request_error") from None
+            admin = bool(body.get("admin"))
+            try:
+                info, secret = await self.on_writer(
+                    lambda conn: keystore.create_key(conn, user, admin=admin, expires=expires))
+            except ValueError as e:
+                raise ApiError(400, str(e), "invalid_request_error") from None
+            await self.reload_keys()
+            return 201, {**key_json(info), "key": secret}
+        match = KEY_PATH.fullmatch(rest)
+        if match and method == "DELETE":
+            revoked = await self.on_writer(lambda conn: keystore.revoke_key(conn, match["id"]))
+            if not revoked:
+                raise ApiError(404, f"no active key {match['id']!r}", "not_found_error")
+            await self.reload_keys()
+            return 200, {"id": match["id"], "revoked": True}
+        raise ApiError(404, f"no route for {method} keys{rest}", "not_found_error")
+
+    async def api_query(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
+        self.require_admin(identity)
+        if flow.request.method != "POST" or rest not in ("", "/"):
+            raise ApiError(404, "use POST /api/v2/aibridge/query", "not_found_error")
+        sql = _json_body(flow).get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise ApiError(400, "field 'sql' is required", "invalid_request_error")
+        conn = self.recorder.conn
+        assert conn is not None
+        try:
+            result = await asyncio.to_thread(run_query, conn, sql)
+        except QueryError as e:
+            raise ApiError(400, str(e), "invalid_request_error") from None
+        return 200, {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+
+
+def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:
+    try:
+        body = orjson.loads(flow.request.content or b"{}")
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "request body is not JSON", "invalid_request_error") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", "invalid_request_error")
+    return body
+
+
+class KeyUsageFlusher:
+    """Writes keys' last-used times now and then, off the event loop."""
+
+    INTERVAL = 30.0
+
+    def __init__(self, recorder: Recorder, keys: KeyCache) -> None:
+        self.recorder = recorder
+        self.keys = keys
+        self.task: asyncio.Task[None] | None = None
+
+    def running(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.loop())
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.INTERVAL)
+            await self.flush()
+
+    async def flush(self) -> None:
+        used = self.keys.take_last_used()
+        writer = self.recorder.writer
+        if used and writer is not None:
+            await asyncio.to_thread(writer.call, lambda conn: keystore.touch_last_used(conn, used))
+
+    def done(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        used = self.keys.take_last_used()
+        if used and self.recorder.writer is not None:
+            self.recorder.writer.call(lambda conn: keystore.touch_last_used(conn, used))

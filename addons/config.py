@@ -1,0 +1,941 @@
+"""Gateway settings: defaults < YAML file < environment < flags.
+
+Every setting has one name per source:
+
+- YAML: a snake_case key under the top-level ``aibridge:`` mapping of the file
+  given by ``--config FILE`` (or ``CODER_AIBRIDGE_CONFIG``);
+- environment: ``CODER_AIBRIDGE_*`` (plus ``CODER_LOGGING_*`` and ``CODER_PROMETHEUS_*``);
+- flags: ``--aibridge-*`` (plus ``--log-*`` and ``--prometheus-*``).
+
+Each value remembers where it came from, so a bad value fails with a one-line
+:class:`ConfigError` that names the variable, flag or YAML path to fix. Secret
+values (provider keys, AWS credentials) never appear in messages or reprs.
+
+Provider instances come from three places, in this order:
+
+1. legacy single-provider settings (``CODER_AIBRIDGE_OPENAI_KEY``, ``…_ANTHROPIC_*``,
+   ``…_BEDROCK_*``): at most one ``openai`` and one ``anthropic`` instance;
+2. indexed environment variables ``CODER_AIBRIDGE_PROVIDER_<N>_<FIELD>``, or, when
+   the environment defines none, the YAML ``providers:`` list;
+3. when nothing at all is configured: keyless ``openai`` and ``anthropic``
+   instances with the default base URLs, so bring-your-own-key works out of the box.
+
+The YAML file is checked with a strict pydantic schema (unknown keys are errors);
+values from all sources then go through the same small parsers below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+__all__ = [
+    "CHATGPT_BASE_URL",
+    "DEFAULT_BASE_URLS",
+    "PROVIDER_TYPES",
+    "RESERVED_NAMES",
+    "BedrockSettings",
+    "ConfigError",
+    "Instance",
+    "Settings",
+    "add_arguments",
+    "load",
+    "mask_secret",
+    "parse_duration",
+]
+
+PROVIDER_TYPES = ("openai", "anthropic", "copilot")
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1/",
+    "anthropic": "https://api.anthropic.com/",
+    "copilot": "https://api.individual.githubcopilot.com",
+}
+CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/codex"  # an openai instance named "chatgpt"
+RESERVED_NAMES = frozenset({"interceptions", "sessions", "admin", "keys", "query", "proxy", "metrics"})
+NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+
+DEFAULT_RETENTION = timedelta(days=60)
+DEFAULT_DB = Path("data/aibridge.duckdb")
+DEFAULT_LISTEN = "127.0.0.1:8888"
+DEFAULT_PROMETHEUS_ADDRESS = "127.0.0.1:2112"
+
+_NAME_RE = re.compile(NAME_PATTERN)
+_REGION_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+_TYPES_TEXT = "openai, anthropic or copilot"
+
+
+class ConfigError(Exception):
+    """A configuration problem. ``str(e)`` is one line that starts with the variable to fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+# --------------------------------------------------------------------------- results
+
+
+def mask_secret(secret: str, lead: int = 4) -> str:
+    """A display hint for a secret: at most `lead` leading chars (fewer for short ones) and the length."""
+    shown = min(lead, len(secret) // 4)
+    return f"{secret[:shown]}…({len(secret)} chars)"
+
+
+def _mask_url(url: str | None) -> str | None:
+    """`url` with any password in its user-info part replaced."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _repr(obj: Any, fields: dict[str, Any]) -> str:
+    return f"{type(obj).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class BedrockSettings:
+    region: str | None
+    base_url: str | None  # normalised: no trailing slash
+    model: str
+    small_fast_model: str  # used instead of `model` when the requested model name contains "haiku"
+    access_key: str | None = None  # None (and no secret): the AWS default credential chain
+    access_key_secret: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Where Bedrock requests go: the base URL when set (it wins), else the regional runtime host."""
+        if self.base_url:
+            return self.base_url
+        return f"https://bedrock-runtime.{self.region}.amazonaws.com"
+
+    def masked(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "base_url": _mask_url(self.base_url),
+            "endpoint": _mask_url(self.endpoint),
+            "model": self.model,
+            "small_fast_model": self.small_fast_model,
+            "access_key": mask_secret(self.access_key) if self.access_key else None,
+            "access_key_secret": mask_secret(self.access_key_secret, lead=0)
+            if self.access_key_secret
+            else None,
+        }
+
+    def __repr__(self) -> str:  # secrets masked
+        return _repr(self, self.masked())
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Instance:
+    """One configured provider instance, reachable at ``/api/v2/aibridge/<name>/…``."""
+
+    type: str  # openai | anthropic | copilot
+    name: str
+    keys: tuple[str, ...]  # empty: BYOK only (always so for copilot)
+    base_url: str  # normalised: no trailing slash
+    dump_dir: Path | None
+    bedrock: BedrockSettings | None
+    source: str  # legacy | indexed | yaml
+
+    @property
+    def key(self) -> str | None:
+        return self.keys[0] if self.keys else None
+
+    def masked(self) -> dict[str, Any]:
+        """A printable description; secrets appear only as hints (see :func:`mask_secret`)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "source": self.source,
+            "base_url": _mask_url(self.base_url),
+            "keys": [mask_secret(k) for k in self.keys],
+            "dump_dir": str(self.dump_dir) if self.dump_dir is not None else None,
+            "bedrock": self.bedrock.masked() if self.bedrock is not None else None,
+        }
+
+    def __repr__(self) -> str:  # secrets masked
+        return _repr(self, {**self.masked(), "bedrock": self.bedrock})
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    enabled: bool = True
+    instances: tuple[Instance, ...] = ()
+    retention: timedelta | None = DEFAULT_RETENTION  # None: keep forever
+    structured_logging: bool = False
+    log_json: str | None = None
+    log_human: str | None = None  # neither set: human-readable log to stderr
+    db: Path = DEFAULT_DB
+    listen_host: str = "127.0.0.1"  # "" = all interfaces
+    listen_port: int = 8888
+    allow_byok: bool = True
+    proxy_allowed_private_cidrs: tuple[IPNetwork, ...] = ()
+    prometheus_enable: bool = False
+    prometheus_address: str = DEFAULT_PROMETHEUS_ADDRESS
+    config_file: Path | None = None
+
+    def instance(self, name: str) -> Instance | None:
+        return next((i for i in self.instances if i.name == name), None)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class _Opt:
+    """A setting with one name per source; `key` is also its YAML key under ``aibridge:``."""
+
+    key: str
+    env: str
+    flag: str
+    help: str
+    is_bool: bool = False
+    metavar: str = "VALUE"
+
+    @property
+    def yaml(self) -> str:
+        return f"aibridge.{self.key}"
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def name_like(self, origin: str) -> str:
+        """This option's name in the same source as `origin` (used to point at a missing value)."""
+        if origin.startswith("--"):
+            return self.flag
+        if origin.startswith("aibridge."):
+            return self.yaml
+        return self.env
+
+
+_SECRET_NOTE = "prefer the environment variable: flags are visible in the process list"
+_OPTIONS = (
+    _Opt(
+        "enabled",
+        "CODER_AIBRIDGE_ENABLED",
+        "--aibridge-enabled",
+        "intercept and record AI traffic (default true; false: gateway routes answer 404 "
+        "and the proxy tunnels everything)",
+        is_bool=True,
+    ),
+    _Opt(
+        "openai_key",
+        "CODER_AIBRIDGE_OPENAI_KEY",
+        "--aibridge-openai-key",
+        f"key of the legacy 'openai' instance ({_SECRET_NOTE})",
+        metavar="SECRET",
+    ),
+    _Opt(
+        "openai_base_url",
+        "CODER_AIBRIDGE_OPENAI_BASE_URL",
+        "--aibridge-openai-base-url",
+        f"base URL of the legacy 'openai' instance (default {DEFAULT_BASE_URLS['openai']})",
+        metavar="URL",
+    ),
+    _Opt(
+        "anthropic_key",
+        "CODER_AIBRIDGE_ANTHROPIC_KEY",
+        "--aibridge-anthropic-key",
+        f"key of the legacy 'anthropic' instance ({_SECRET_NOTE})",
+        metavar="SECRET",
+    ),
+    _Opt(
+        "anthropic_base_url",
+        "CODER_AIBRIDGE_ANTHROPIC_BASE_URL",
+        "--aibridge-anthropic-base-url",
+        f"base URL of the legacy 'anthropic' instance (default {DEFAULT_BASE_URLS['anthropic']})",
+        metavar="URL",
+    ),
+    _Opt(
+        "bedrock_region",
+        "CODER_AIBRIDGE_BEDROCK_REGION",
+        "--aibridge-bedrock-region",
+        "send the legacy 'anthropic' instance to Amazon Bedrock in this AWS region",
+        metavar="REGION",
+    ),
+    _Opt(
+        "bedrock_base_url",
+        "CODER_AIBRIDGE_BEDROCK_BASE_URL",
+        "--aibridge-bedrock-base-url",
+        "Bedrock runtime URL for the legacy 'anthropic' instance (wins over the region)",
+        metavar="URL",
+    ),
+    _Opt(
+        "bedrock_model",
+        "CODER_AIBRIDGE_BEDROCK_MODEL",
+        "--aibridge-bedrock-model",
+        "Bedrock model id used for requests (required with Bedrock)",
+        metavar="MODEL",
+    ),
+    _Opt(
+        "bedrock_small_fast_model",
+        "CODER_AIBRIDGE_BEDROCK_SMALL_FAST_MODEL",
+        "--aibridge-bedrock-small-fast-model",
+        "Bedrock model id used for 'haiku' requests (required with Bedrock)",
+        metavar="MODEL",
+    ),
+    _Opt(
+        "bedrock_access_key",
+        "CODER_AIBRIDGE_BEDROCK_ACCESS_KEY",
+        "--aibridge-bedrock-access-key",
+        f"AWS access key id (with the secret; neither: AWS default credential chain; {_SECRET_NOTE})",
+        metavar="SECRET",
+    ),
+    _Opt(
+        "bedrock_access_key_secret",
+        "CODER_AIBRIDGE_BEDROCK_ACCESS_KEY_SECRET",
+        "--aibridge-bedrock-access-key-secret",
+        f"AWS secret access key ({_SECRET_NOTE})",
+        metavar="SECRET",
+    ),
+    _Opt(
+        "retention",
+        "CODER_AIBRIDGE_RETENTION",
+        "--aibridge-retention",
+        "delete interceptions older than this, e.g. 90d, 720h, 1h30m (default 60d; 0 keeps forever)",
+        metavar="DURATION",
+    ),
+    _Opt(
+        "structured_logging",
+        "CODER_AIBRIDGE_STRUCTURED_LOGGING",
+        "--aibridge-structured-logging",
+        "log one 'interception log' record per recorded row (default false)",
+        is_bool=True,
+    ),
+    _Opt("log_json", "CODER_LOGGING_JSON", "--log-json", "write JSON logs to FILE", metavar="FILE"),
+    _Opt(
+        "log_human",
+        "CODER_LOGGING_HUMAN",
+        "--log-human",
+        "write human-readable logs to FILE (default: stderr when no log file is set)",
+        metavar="FILE",
+    ),
+    _Opt(
+        "db",
+        "CODER_AIBRIDGE_DB",
+        "--aibridge-db",
+        f"DuckDB database file (default ./{DEFAULT_DB})",
+        metavar="FILE",
+    ),
+    _Opt(
+        "listen",
+        "CODER_AIBRIDGE_LISTEN",
+        "--aibridge-listen",
+        f"host:port for gateway routes and the proxy (default {DEFAULT_LISTEN})",
+        metavar="HOST:PORT",
+    ),
+    _Opt(
+        "allow_byok",
+        "CODER_AIBRIDGE_ALLOW_BYOK",
+        "--aibridge-allow-byok",
+        "let users bring their own provider credential (default true)",
+        is_bool=True,
+    ),
+    _Opt(
+        "proxy_allowed_private_cidrs",
+        "CODER_AIBRIDGE_PROXY_ALLOWED_PRIVATE_CIDRS",
+        "--aibridge-proxy-allowed-private-cidrs",
+        "comma-separated private CIDRs the proxy may connect to (default none)",
+        metavar="CIDRS",
+    ),
+    _Opt(
+        "prometheus_enable",
+        "CODER_PROMETHEUS_ENABLE",
+        "--prometheus-enable",
+        "serve Prometheus metrics (default false)",
+        is_bool=True,
+    ),
+    _Opt(
+        "prometheus_address",
+        "CODER_PROMETHEUS_ADDRESS",
+        "--prometheus-address",
+        f"host:port of the metrics endpoint (default {DEFAULT_PROMETHEUS_ADDRESS})",
+        metavar="HOST:PORT",
+    ),
+)
+_OPT = {o.key: o for o in _OPTIONS}
+CONFIG_ENV = "CODER_AIBRIDGE_CONFIG"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and every ``--aibridge-*`` flag. All default to None so lower sources show through.
+
+    Booleans accept ``--flag`` (true) and ``--flag=true|false``; values are checked by :func:`load`.
+    (``--flag false`` works too, so a positional argument right after a bare boolean flag would be
+    taken as its value: use the ``=`` form there.)
+    """
+    group = parser.add_argument_group("configuration (flags override environment, which overrides --config)")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"YAML file with an 'aibridge:' mapping (env {CONFIG_ENV})",
+    )
+    for opt in _OPTIONS:
+        help_text = f"{opt.help} [env {opt.env}]"
+        if opt.is_bool:
+            group.add_argument(
+                opt.flag, dest=opt.dest, nargs="?", const="true", default=None, metavar="BOOL", help=help_text
+            )
+        else:
+            group.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.metavar, help=help_text)
+
+
+# --------------------------------------------------------------------------- value parsers
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    value: Any  # str from env/flags; str, int, bool or list from YAML
+    origin: str  # the env var, flag or YAML path it came from
+
+
+def _clean(value: Any) -> Any:
+    """Empty strings and empty lists count as unset."""
+    if isinstance(value, str):
+        value = value.strip()
+    return None if value in ("", None, []) else value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+_DURATION_UNIT = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "ms": "milliseconds"}
+
+
+def parse_duration(text: str, name: str) -> timedelta | None:
+    """Parse ``90d``, ``720h``, ``30m``, ``45s``, ``1h30m``, ``500ms``.
+
+    ``0`` (or any zero duration) returns None: keep forever. Anything else raises :class:`ConfigError`
+    naming `name`.
+    """
+    cleaned = str(text).strip().lower()
+    error = ConfigError(
+        f"{name}: invalid duration {str(text).strip()!r} "
+        "(use e.g. 90d, 720h, 30m, 45s or 1h30m; 0 keeps forever)"
+    )
+    if cleaned == "0":
+        return None
+    if not cleaned or _DURATION_PART.sub("", cleaned):
+        raise error
+    try:
+        total = sum(
+            (timedelta(**{_DURATION_UNIT[unit]: float(n)}) for n, unit in _DURATION_PART.findall(cleaned)),
+            timedelta(),
+        )
+    except OverflowError:
+        raise error from None
+    return total or None
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def _parse_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}: invalid boolean {str(value).strip()!r} (expected true or false)")
+
+
+def _split_list(value: Any) -> list[str]:
+    """A YAML list or a comma-separated string, as stripped non-empty strings."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [s for s in (str(item).strip() for item in items) if s]
+
+
+def _parse_cidrs(value: Any, name: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in _split_list(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: invalid CIDR {item!r} (e.g. 10.0.0.0/8 or fd00::/8)") from None
+    return tuple(networks)
+
+
+_HOSTPORT = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<port6>\d+)|(?P<host>[A-Za-z0-9.-]*):(?P<port>\d+)")
+
+
+def _parse_hostport(value: Any, name: str) -> tuple[str, int]:
+    text = str(value).strip()
+    error = ConfigError(f"{name}: invalid address {text!r} (expected host:port with port 1-65535)")
+    match = _HOSTPORT.fullmatch(text)
+    if match is None:
+        raise error
+    host, port = (match["v6"], match["port6"]) if match["v6"] else (match["host"], match["port"])
+    if match["v6"]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise error from None
+    if not 1 <= int(port) <= 65535:
+        raise error
+    return host, int(port)
+
+
+def _parse_url(value: Any, name: str) -> str:
+    """An absolute http(s) URL without its trailing slash.
+
+    The URL is never echoed in errors: it may carry credentials.
+    """
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        has_host = bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{name}: must be an absolute http(s) URL (it does not parse)") from None
+    if parts.scheme not in ("http", "https"):
+        scheme = repr(parts.scheme) if parts.scheme else "missing"
+        raise ConfigError(f"{name}: must be an absolute http(s) URL (scheme is {scheme})")
+    if not has_host:
+        raise ConfigError(f"{name}: must be an absolute http(s) URL (the host is missing)")
+    return text.rstrip("/")
+
+
+# --------------------------------------------------------------------------- YAML schema
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        raise ValueError("expected a single value, not a list or mapping")
+    return value
+
+
+def _scalar_or_list(value: Any) -> Any:
+    nested = isinstance(value, list) and any(isinstance(v, dict | list) for v in value)
+    if isinstance(value, dict) or nested:
+        raise ValueError("expected a list of strings or a comma-separated string")
+    return value
+
+
+_Scalar = Annotated[Any, AfterValidator(_scalar)]
+_ScalarOrList = Annotated[Any, AfterValidator(_scalar_or_list)]
+
+
+class _YamlModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _YamlBedrock(_YamlModel):
+    region: _Scalar = None
+    base_url: _Scalar = None
+    model: _Scalar = None
+    small_fast_model: _Scalar = None
+    access_key: _Scalar = None
+    access_key_secret: _Scalar = None
+
+
+class _YamlProvider(_YamlModel):
+    type: _Scalar = None
+    name: _Scalar = None
+    key: _Scalar = None
+    keys: _ScalarOrList = None
+    base_url: _Scalar = None
+    dump_dir: _Scalar = None
+    bedrock: _YamlBedrock | None = None
+
+
+class _YamlSection(_YamlModel):
+    enabled: _Scalar = None
+    openai_key: _Scalar = None
+    openai_base_url: _Scalar = None
+    anthropic_key: _Scalar = None
+    anthropic_base_url: _Scalar = None
+    bedrock_region: _Scalar = None
+    bedrock_base_url: _Scalar = None
+    bedrock_model: _Scalar = None
+    bedrock_small_fast_model: _Scalar = None
+    bedrock_access_key: _Scalar = None
+    bedrock_access_key_secret: _Scalar = None
+    retention: _Scalar = None
+    structured_logging: _Scalar = None
+    log_json: _Scalar = None
+    log_human: _Scalar = None
+    db: _Scalar = None
+    listen: _Scalar = None
+    allow_byok: _Scalar = None
+    proxy_allowed_private_cidrs: _ScalarOrList = None
+    prometheus_enable: _Scalar = None
+    prometheus_address: _Scalar = None
+    providers: list[_YamlProvider] | None = None
+
+
+class _YamlFile(_YamlModel):
+    aibridge: _YamlSection | None = None
+
+
+def _yaml_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+_PYDANTIC_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+}
+
+
+def _read_yaml(path: Path, origin: str) -> _YamlSection:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{origin}: {str(path)!r} is not valid YAML{where}: {problem}") from None
+    if document is None:
+        return _YamlSection()
+    if not isinstance(document, dict):
+        raise ConfigError(f"{origin}: {str(path)!r} must be a mapping with the top-level key 'aibridge'")
+    try:
+        parsed = _YamlFile.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        message = _PYDANTIC_MESSAGES.get(first["type"], first["msg"].removeprefix("Value error, "))
+        raise ConfigError(f"{_yaml_path(first['loc'])}: {message} (in {path})") from None
+    return parsed.aibridge or _YamlSection()
+
+
+# --------------------------------------------------------------------------- provider instances
+
+_BEDROCK_FIELDS = ("region", "base_url", "model", "small_fast_model", "access_key", "access_key_secret")
+
+# CODER_AIBRIDGE_PROVIDER_<N>_<FIELD> -> canonical field ("bedrock.x" for Bedrock settings).
+_ENV_FIELDS = {
+    **{f.upper(): f for f in ("type", "name", "key", "keys", "base_url", "dump_dir")},
+    **{f"BEDROCK_{f.upper()}": f"bedrock.{f}" for f in _BEDROCK_FIELDS},
+    "BEDROCK_ACCESS_KEYS": "bedrock.access_key",  # alias
+    "BEDROCK_ACCESS_KEY_SECRETS": "bedrock.access_key_secret",  # alias
+}
+_ENV_PREFIX = "CODER_AIBRIDGE_PROVIDER_"
+_ENV_VAR = re.compile(r"CODER_AIBRIDGE_PROVIDER_(\d+)_([A-Z0-9_]+)")
+
+# Legacy instance -> {canonical field: option key}.
+_LEGACY = {
+    "openai": {"key": "openai_key", "base_url": "openai_base_url"},
+    "anthropic": {
+        "key": "anthropic_key",
+        "base_url": "anthropic_base_url",
+        **{f"bedrock.{f}": f"bedrock_{f}" for f in _BEDROCK_FIELDS},
+    },
+}
+
+
+@dataclass(slots=True)
+class _RawProvider:
+    """One provider's settings before validation, whatever the source."""
+
+    source: str  # legacy | indexed | yaml
+    values: dict[str, _Value]  # canonical field -> value
+    name_of: Callable[[str], str]  # canonical field -> the variable that would set it
+
+    def where(self, field_name: str) -> str:
+        value = self.values.get(field_name)
+        return value.origin if value is not None else self.name_of(field_name)
+
+    def get(self, field_name: str) -> Any:
+        value = self.values.get(field_name)
+        return None if value is None else value.value
+
+
+def _legacy_providers(picked: Mapping[str, _Value | None]) -> list[_RawProvider]:
+    providers = []
+    for type_, fields in _LEGACY.items():
+        values = {f: v for f, key in fields.items() if (v := picked[key]) is not None}
+        if not values:
+            continue
+        trigger = next(iter(values.values())).origin
+        values = {"type": _Value(type_, trigger), "name": _Value(type_, trigger), **values}
+
+        def name_of(f: str, fields: dict[str, str] = fields, trigger: str = trigger) -> str:
+            return _OPT[fields[f]].name_like(trigger) if f in fields else trigger
+
+        providers.append(_RawProvider("legacy", values, name_of))
+    return providers
+
+
+def _env_providers(environ: Mapping[str, str]) -> list[_RawProvider]:
+    by_index: dict[int, dict[str, _Value]] = {}
+    for var in sorted(environ):
+        if not var.startswith(_ENV_PREFIX) or (value := _clean(environ[var])) is None:
+            continue
+        match = _ENV_VAR.fullmatch(var)
+        if match is None or match[1] != str(int(match[1])):
+            raise ConfigError(f"{var}: not a provider setting (expected {_ENV_PREFIX}<N>_<FIELD>, N from 0)")
+        field_name = _ENV_FIELDS.get(match[2])
+        if field_name is None:
+            raise ConfigError(
+                f"{var}: unknown provider setting {match[2]!r} (expected TYPE, NAME, KEY, KEYS, BASE_URL, "
+                "DUMP_DIR or BEDROCK_{REGION,BASE_URL,MODEL,SMALL_FAST_MODEL,ACCESS_KEY,ACCESS_KEY_SECRET})"
+            )
+        values = by_index.setdefault(int(match[1]), {})
+        if (other := values.get(field_name)) is not None:  # singular and plural alias both set
+            if other.value != value:
+                raise ConfigError(f"{var}: differs from {other.origin} (the two are aliases; set only one)")
+            continue
+        values[field_name] = _Value(value, var)
+
+    providers = []
+    for expected, index in enumerate(sorted(by_index)):
+        if index != expected:
+            raise ConfigError(
+                f"{_ENV_PREFIX}{index}_*: provider indices must be contiguous from 0 "
+                f"(nothing is set for {_ENV_PREFIX}{expected}_*)"
+            )
+
+        def name_of(f: str, index: int = index) -> str:
+            return f"{_ENV_PREFIX}{index}_{f.replace('.', '_').upper()}"
+
+        providers.append(_RawProvider("indexed", by_index[index], name_of))
+    return providers
+
+
+def _yaml_providers(section: _YamlSection) -> list[_RawProvider]:
+    providers = []
+    for index, item in enumerate(section.providers or ()):
+        prefix = f"aibridge.providers[{index}]"
+        raw = item.model_dump(exclude={"bedrock"})
+        if item.bedrock is not None:
+            raw |= {f"bedrock.{k}": v for k, v in item.bedrock.model_dump().items()}
+        values = {k: _Value(c, f"{prefix}.{k}") for k, v in raw.items() if (c := _clean(v)) is not None}
+        providers.append(_RawProvider("yaml", values, lambda f, prefix=prefix: f"{prefix}.{f}"))
+    return providers
+
+
+def _merge_keys(*sources: Any) -> tuple[str, ...]:
+    keys: dict[str, None] = {}
+    for source in sources:
+        if source is not None:
+            keys.update(dict.fromkeys(_split_list(source)))
+    return tuple(keys)
+
+
+def _text(raw: _RawProvider, field_name: str) -> str | None:
+    value = raw.get(field_name)
+    return None if value is None else str(value).strip()
+
+
+def _build_bedrock(raw: _RawProvider) -> BedrockSettings:
+    region, base_url = _text(raw, "bedrock.region"), raw.get("bedrock.base_url")
+    if region is None and base_url is None:
+        raise ConfigError(
+            f"{raw.where('bedrock.region')}: Bedrock needs a region or a base URL "
+            f"({raw.where('bedrock.base_url')})"
+        )
+    if region is not None and not _REGION_RE.fullmatch(region):
+        raise ConfigError(f"{raw.where('bedrock.region')}: invalid AWS region {region!r} (e.g. us-east-1)")
+    if base_url is not None:
+        base_url = _parse_url(base_url, raw.where("bedrock.base_url"))
+    for required in ("bedrock.model", "bedrock.small_fast_model"):
+        if raw.get(required) is None:
+            raise ConfigError(f"{raw.where(required)}: required when Bedrock is configured")
+    access_key, secret = _text(raw, "bedrock.access_key"), _text(raw, "bedrock.access_key_secret")
+    if (access_key is None) != (secret is None):
+        missing, present = (
+            ("bedrock.access_key_secret", "bedrock.access_key")
+            if secret is None
+            else ("bedrock.access_key", "bedrock.access_key_secret")
+        )
+        raise ConfigError(
+            f"{raw.where(missing)}: required when {raw.where(present)} is set "
+            "(set both, or neither to use the AWS default credential chain)"
+        )
+    return BedrockSettings(
+        region=region,
+        base_url=base_url,
+        model=str(_text(raw, "bedrock.model")),
+        small_fast_model=str(_text(raw, "bedrock.small_fast_model")),
+        access_key=access_key,
+        access_key_secret=secret,
+    )
+
+
+def _build_instance(raw: _RawProvider) -> Instance:
+    type_text = _text(raw, "type")
+    if type_text is None:
+        raise ConfigError(f"{raw.where('type')}: required (expected {_TYPES_TEXT})")
+    type_ = type_text.lower()
+    if type_ not in PROVIDER_TYPES:
+        raise ConfigError(
+            f"{raw.where('type')}: unknown provider type {type_text!r} (expected {_TYPES_TEXT})"
+        )
+
+    name = _text(raw, "name") or type_
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{raw.where('name')}: invalid provider name {name!r} "
+            f"(lower-case letters and digits, single hyphens between: {NAME_PATTERN})"
+        )
+    if name in RESERVED_NAMES:
+        raise ConfigError(
+            f"{raw.where('name')}: provider name {name!r} is reserved for the gateway's own routes "
+            f"({', '.join(sorted(RESERVED_NAMES))})"
+        )
+
+    keys = _merge_keys(raw.get("key"), raw.get("keys"))
+    if type_ == "copilot" and keys:
+        raise ConfigError(
+            f"{raw.where('key' if 'key' in raw.values else 'keys')}: copilot providers take no key "
+            "(requests always carry the user's own GitHub token)"
+        )
+
+    if raw.get("base_url") is not None:
+        base_url = _parse_url(raw.get("base_url"), raw.where("base_url"))
+    elif type_ == "openai" and name == "chatgpt":
+        base_url = CHATGPT_BASE_URL
+    else:
+        base_url = DEFAULT_BASE_URLS[type_].rstrip("/")
+
+    bedrock = None
+    if set_fields := [f"bedrock.{f}" for f in _BEDROCK_FIELDS if f"bedrock.{f}" in raw.values]:
+        if type_ != "anthropic":
+            raise ConfigError(
+                f"{raw.where(set_fields[0])}: Bedrock settings are only allowed on anthropic providers "
+                f"(this one is {type_})"
+            )
+        bedrock = _build_bedrock(raw)
+
+    dump_dir = _text(raw, "dump_dir")
+    return Instance(
+        type=type_,
+        name=name,
+        keys=keys,
+        base_url=base_url,
+        dump_dir=Path(dump_dir).expanduser() if dump_dir else None,
+        bedrock=bedrock,
+        source=raw.source,
+    )
+
+
+def _build_instances(raws: list[_RawProvider]) -> tuple[Instance, ...]:
+    instances: list[Instance] = []
+    claimed: dict[str, _RawProvider] = {}  # name -> who has it
+    for raw in raws:
+        instance = _build_instance(raw)
+        owner = claimed.get(instance.name)
+        if owner is not None:
+            where, name = raw.where("name"), repr(instance.name)
+            if "name" not in raw.values:
+                name += " (defaulted from the type)"
+            if owner.source == "legacy":
+                raise ConfigError(
+                    f"{where}: provider name {name} conflicts with the legacy {instance.name} provider "
+                    f"set by {owner.where('name')}; rename one or drop the legacy setting"
+                )
+            raise ConfigError(
+                f"{where}: duplicate provider name {name}, already used by {owner.where('name')}"
+            )
+        claimed[instance.name] = raw
+        instances.append(instance)
+    return tuple(instances)
+
+
+def _default_instances() -> tuple[Instance, ...]:
+    return tuple(
+        Instance(
+            type=t,
+            name=t,
+            keys=(),
+            base_url=DEFAULT_BASE_URLS[t].rstrip("/"),
+            dump_dir=None,
+            bedrock=None,
+            source="legacy",
+        )
+        for t in ("openai", "anthropic")
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _pick(opt: _Opt, section: _YamlSection, environ: Mapping[str, str], args: Any) -> _Value | None:
+    """The highest-precedence value of `opt`: flag, then environment, then YAML."""
+    if (value := _clean(getattr(args, opt.dest, None))) is not None:
+        return _Value(value, opt.flag)
+    if (value := _clean(environ.get(opt.env))) is not None:
+        return _Value(value, opt.env)
+    if (value := _clean(getattr(section, opt.key))) is not None:
+        return _Value(value, opt.yaml)
+    return None
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve and validate all settings. Raises :class:`ConfigError` on the first problem."""
+    environ = os.environ if environ is None else environ
+
+    config_file: Path | None = None
+    section = _YamlSection()
+    candidates = (("--config", getattr(args, "config", None)), (CONFIG_ENV, environ.get(CONFIG_ENV)))
+    for config_origin, path in candidates:
+        if (path := _clean(path)) is not None:
+            config_file = Path(path).expanduser()
+            section = _read_yaml(config_file, config_origin)
+            break
+
+    picked = {opt.key: _pick(opt, section, environ, args) for opt in _OPTIONS}
+
+    def value(key: str, parse: Callable[[Any, str], Any], default: Any) -> Any:
+        found = picked[key]
+        return default if found is None else parse(found.value, found.origin)
+
+    def text(v: Any, _name: str) -> str:
+        return str(v)
+
+    def address(v: Any, name: str) -> str:
+        _parse_hostport(v, name)  # validate, keep the text
+        return str(v).strip()
+
+    listen_host, listen_port = value("listen", _parse_hostport, ("127.0.0.1", 8888))
+    prometheus_address = value("prometheus_address", address, DEFAULT_PROMETHEUS_ADDRESS)
+
+    raws = _legacy_providers(picked) + (_env_providers(environ) or _yaml_providers(section))
+    instances = _build_instances(raws) or _default_instances()
+
+    return Settings(
+        enabled=value("enabled", _parse_bool, True),
+        instances=instances,
+        retention=value("retention", lambda v, n: parse_duration(str(v), n), DEFAULT_RETENTION),
+        structured_logging=value("structured_logging", _parse_bool, False),
+        log_json=value("log_json", text, None),
+        log_human=value("log_human", text, None),
+        db=value("db", lambda v, n: Path(str(v)).expanduser(), DEFAULT_DB),
+        listen_host=listen_host,
+        listen_port=listen_port,
+        allow_byok=value("allow_byok", _parse_bool, True),
+        proxy_allowed_private_cidrs=value("proxy_allowed_private_cidrs", _parse_cidrs, ()),
+        prometheus_enable=value("prometheus_enable", _parse_bool, False),
+        prometheus_address=prometheus_address,
+        config_file=config_file,
+    )

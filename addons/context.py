@@ -1,0 +1,60 @@
+"""Per-flow state shared by the routing, auth and intercept addons."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+from addons.providers.base import Provider, Route
+
+if TYPE_CHECKING:
+    from addons.auth import Identity
+    from addons.config import Instance
+    from addons.intercept import Interception
+
+
+@dataclass(slots=True)
+class FlowContext:
+    instance: Instance
+    provider: Provider
+    route: Route
+    api_path: str  # path relative to the instance base URL, without the query
+    query: str  # "" or "?…"
+    identity: Identity
+    byok: bool
+    received_at: datetime
+    client_credential: str | None = None  # the BYOK credential (never stored; only its hint)
+    interception: Interception | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# Contexts live as long as their flow; no serialisable state is put on the flow itself.
+_contexts: weakref.WeakKeyDictionary[http.HTTPFlow, FlowContext] = weakref.WeakKeyDictionary()
+
+
+def get(flow: http.HTTPFlow) -> FlowContext | None:
+    return _contexts.get(flow)
+
+
+def attach(flow: http.HTTPFlow, ctx: FlowContext) -> None:
+    _contexts[flow] = ctx
+
+
+# Client connections that opened a CONNECT tunnel, with the identity that authenticated it.
+_tunnels: weakref.WeakKeyDictionary[object, object] = weakref.WeakKeyDictionary()
+
+
+def mark_tunnel(client_conn: object, identity: object) -> None:
+    _tunnels[client_conn] = identity
+
+
+def is_tunnel(client_conn: object) -> bool:
+    return client_conn in _tunnels
+
+
+def tunnel_identity(client_conn: object) -> object | None:
+    return _tunnels.get(client_conn)

@@ -1,0 +1,318 @@
+"""Addon: intercepted routes — parse the request, tap the response, record the result.
+
+The stream tap runs synchronously inside mitmproxy's core for every chunk: it
+decodes SSE incrementally, feeds the provider's parser and hands the chunk on
+unchanged (or, for Chat Completions where the gateway asked for usage the
+client did not, without the extra usage chunk). Records are built at the end
+of the flow — in `response` or `error`, whichever fires — and go to the
+recorder, which never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+import orjson
+from mitmproxy import ctx as mitm_ctx
+from mitmproxy import http
+
+from addons import clients, context
+from addons.context import FlowContext
+from addons.providers.base import Api
+from addons.providers.registry import error_body
+from addons.records import (
+    InterceptionEnd,
+    InterceptionStart,
+    PromptRecord,
+    Record,
+    ThoughtRecord,
+    TokenUsageRecord,
+    ToolUsageRecord,
+)
+from addons.routing import inject_credential, json_response
+from addons.wire import anthropic, chat, responses
+from addons.wire.model import RequestInfo, ResponseSummary
+from addons.wire.sse import SSEDecoder
+
+log = logging.getLogger("aigw.intercept")
+
+PARSERS: dict[Api, ModuleType] = {Api.MESSAGES: anthropic, Api.CHAT: chat, Api.RESPONSES: responses}
+MAX_BODY_DEFAULT = 32 * 1024 * 1024
+# Forcing include_usage adds this field to every chunk; the client would not have seen it.
+USAGE_NULL = (b',"usage":null', b', "usage": null')
+
+
+@dataclass(slots=True)
+class Interception:
+    id: str
+    api: Api
+    started_at: datetime
+    info: RequestInfo
+    parser: Any = None  # the wire module's StreamParser, once streaming
+    decoder: SSEDecoder | None = None
+    hide_usage: bool = False
+    summary: ResponseSummary | None = None
+    ended: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamTap:
+    """The callable set as `flow.response.stream`. Never raises."""
+
+    __slots__ = ("decoder", "failed", "hide_usage", "parser")
+
+    def __init__(self, parser: Any, hide_usage: bool) -> None:
+        self.decoder = SSEDecoder()
+        self.parser = parser
+        self.hide_usage = hide_usage
+        self.failed = False
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if self.failed:
+            return chunk
+        try:
+            events = self.decoder.feed(chunk) if chunk else self.decoder.close()
+            for event in events:
+                if event.data is not None:
+                    self.parser.on_event(event)
+            if not self.hide_usage:
+                return chunk
+            out = b"".join(e.raw for e in events if not chat.is_usage_only_chunk(e))
+            # An empty data chunk would end the client's chunked body early: send nothing instead.
+            return [out.replace(USAGE_NULL[0], b"").replace(USAGE_NULL[1], b"")] if out else []
+        except Exception:
+            # A parser bug must not break the client's stream: stop parsing, keep relaying.
+            log.exception("stream tap failed; relaying the rest unparsed")
+            self.failed = True
+            return chunk
+
+
+class Interceptor:
+    def __init__(self, record: Callable[[Record], None]) -> None:
+        self.record = record
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("aigw_max_body_size", int, MAX_BODY_DEFAULT,
+                          "Largest request body (bytes) accepted on intercepted routes.")
+
+    # -- request ---------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        ctx = context.get(flow)
+        if ctx is None or flow.response is not None or not ctx.route.intercepted:
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > mitm_ctx.options.aigw_max_body_size:
+            self.start(flow, ctx, RequestInfo(), None)
+            self.reject(flow, ctx, 413, f"request body of {length} bytes exceeds the gateway's limit of "
+                        f"{mitm_ctx.options.aigw_max_body_size}", "request_too_large")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        ctx = context.get(flow)
+        if ctx is None or flow.response is not None:
+            return
+        if not ctx.route.intercepted:
+            inject_credential(flow, ctx)
+            return
+        api = ctx.route.api
+        assert api is not None
+        body = self.parse_body(flow)
+        if body is None:
+            self.start(flow, ctx, RequestInfo(), None)
+            self.reject(flow, ctx, 400, "request body is not a JSON object", "invalid_request_error")
+            return
+        info = PARSERS[api].parse_request(body)
+        interception = self.start(flow, ctx, info, body)
+        if api is Api.CHAT and info.stream and not chat.client_wants_usage(body):
+            options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            body["stream_options"] = {**options, "include_usage": True}
+            flow.request.content = orjson.dumps(body)
+            interception.hide_usage = True
+        inject_credential(flow, ctx)
+        # The tap must see plain bytes, not gzip/zstd.
+        flow.request.headers["accept-encoding"] = "identity"
+
+    def parse_body(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
+        raw = flow.request.raw_content or b""
+        if len(raw) > mitm_ctx.options.aigw_max_body_size:
+            return None
+        try:
+            body = orjson.loads(flow.request.get_content(strict=False) or b"")
+        except (orjson.JSONDecodeError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def start(self, flow: http.HTTPFlow, ctx: FlowContext, info: RequestInfo,
+              body: dict[str, Any] | None) -> Interception:
+        assert ctx.route.api is not None
+        now = datetime.now(UTC)
+        interception = Interception(id=str(uuid.uuid4()), api=ctx.route.api, started_at=now, info=info)
+        ctx.interception = interception
+        headers = flow.request.headers
+        client = clients.detect_client(headers)
+        flow.metadata["aigw_interception_id"] = interception.id
+        self.record(InterceptionStart(
+            id=interception.id,
+            initiator_id=ctx.identity.user_id,
+            api_key_id=ctx.identity.key_id,
+            provider=ctx.instance.type,
+            provider_name=ctx.instance.name,
+            model=info.model,
+            client=client,
+            client_session_id=clients.session_id(headers, body),
+            credential_kind="byok" if ctx.byok else "centralized",
+            credential_hint=clients.mask_secret(ctx.client_credential if ctx.byok else ctx.instance.key),
+            started_at=now,
+            metadata={
+                "username": ctx.identity.user_name,
+                "user_agent": headers.get("user-agent"),
+                "route": ctx.route.name,
+                "method": flow.request.method,
+                "stream": info.stream,
+                "mode": ctx.extra.get("mode", "gateway"),
+            },
+            correlating_tool_call_id=info.correlating_tool_call_id,
+        ))
+        return interception
+
+    def reject(self, flow: http.HTTPFlow, ctx: FlowContext, status: int, message: str, error_type: str) -> None:
+        flow.response = json_response(status, error_body(ctx.instance.type, ctx.route.api, message, error_type))
+        if ctx.interception is not None:
+            self.finish(flow, ctx, ctx.interception, "failed", message)
+
+    # -- response --------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        ctx = context.get(flow)
+        if ctx is None or flow.response is None:
+            return
+        interception = ctx.interception
+        if interception is None:
+            flow.response.stream = True  # passthrough: relayed as it comes, never parsed
+            return
+        if interception.ended:
+            return
+        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            interception.parser = PARSERS[interception.api].StreamParser()
+            flow.response.stream = StreamTap(interception.parser, interception.hide_usage)
+        # Anything else (blocking JSON, errors) is small and parsed whole in `response`.
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        ctx = context.get(flow)
+        if ctx is None or ctx.interception is None or ctx.interception.ended:
+            return
+        interception = ctx.interception
+        assert flow.response is not None
+        summary = interception.summary = self.summarise(flow, interception)
+        status_code = flow.response.status_code
+        error = None
+        if status_code >= 400:
+            error = f"upstream answered HTTP {status_code}"
+            upstream_message = _error_message(flow.response.content if not flow.response.stream else None)
+            if upstream_message:
+                error += f": {upstream_message}"
+        elif summary is not None and summary.error:
+            error = summary.error
+        elif summary is not None and not summary.complete:
+            error = "stream ended before its final event"
+        elif summary is None:
+            error = "response could not be parsed"
+        self.finish(flow, ctx, interception, "failed" if error else "completed", error)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        ctx = context.get(flow)
+        if ctx is None or ctx.interception is None or ctx.interception.ended:
+            return
+        interception = ctx.interception
+        if interception.parser is not None:
+            interception.summary = interception.parser.summary()
+        message = flow.error.msg if flow.error else "unknown error"
+        cancelled = "client disconnected" in message.lower()
+        self.finish(flow, ctx, interception, "cancelled" if cancelled else "failed", message)
+
+    def summarise(self, flow: http.HTTPFlow, interception: Interception) -> ResponseSummary | None:
+        if interception.parser is not None:
+            return interception.parser.summary()
+        assert flow.response is not None
+        if flow.response.status_code >= 400:
+            return None
+        try:
+            body = orjson.loads(flow.response.get_content(strict=False) or b"")
+        except (orjson.JSONDecodeError, ValueError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        return PARSERS[interception.api].parse_response(body)
+
+    # -- records ---------------------------------------------------------------
+
+    def finish(self, flow: http.HTTPFlow, ctx: FlowContext, interception: Interception, status: str,
+               error: str | None) -> None:
+        interception.ended = True
+        now = datetime.now(UTC)
+        summary = interception.summary
+        if summary is None and interception.parser is not None:
+            summary = interception.summary = interception.parser.summary()
+        for rec in records_for(ctx, interception, summary, now):
+            self.record(rec)
+        metadata: dict[str, Any] = {"http_status": flow.response.status_code if flow.response else None}
+        if error:
+            metadata["error"] = error
+        if summary is not None:
+            if summary.response_id:
+                metadata["response_id"] = summary.response_id
+            if summary.model:
+                metadata["upstream_model"] = summary.model
+        metadata.update(interception.metadata)
+        flow.metadata["aigw_status"] = status
+        self.record(InterceptionEnd(id=interception.id, ended_at=now, status=status, metadata=metadata))
+
+
+def records_for(ctx: FlowContext, interception: Interception, summary: ResponseSummary | None,
+                now: datetime) -> list[Record]:
+    out: list[Record] = []
+    iid = interception.id
+    response_id = summary.response_id if summary else None
+    if interception.info.prompt:
+        out.append(PromptRecord(iid, response_id, interception.info.prompt, now))
+    if summary is None:
+        return out
+    usage = summary.usage
+    if usage is not None:
+        out.append(TokenUsageRecord(
+            interception_id=iid, provider_response_id=usage.provider_response_id or response_id,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_write_input_tokens=usage.cache_write_input_tokens,
+            metadata=usage.metadata, created_at=now,
+            provider=ctx.instance.type, model=interception.info.model or summary.model,
+        ))
+    for call in summary.tool_calls:
+        out.append(ToolUsageRecord(
+            interception_id=iid, provider_response_id=call.provider_response_id or response_id,
+            provider_tool_call_id=call.call_id, tool=call.name, input=call.input,
+            server_url=call.server_url, injected=call.injected, invocation_error=None,
+            created_at=now, provider_item_id=call.item_id,
+        ))
+    for thought in summary.thoughts:
+        out.append(ThoughtRecord(iid, thought.content, {"source": thought.source}, now))
+    return out
+
+
+def _error_message(body: bytes | None) -> str | None:
+    if not body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"][:500]
+    return None

@@ -1,0 +1,65 @@
+"""The provider types aigw knows, by name."""
+
+from __future__ import annotations
+
+from addons.providers.base import Api, Provider, anthropic_error, openai_error, rule
+
+ANTHROPIC = Provider(
+    type="anthropic",
+    gateway_prefix="",
+    rules=(
+        rule(r"/v1/messages", Api.MESSAGES, "/v1/messages", ("POST",)),
+        rule(r"/v1/messages/count_tokens", None, "/v1/messages/count_tokens"),
+        rule(r"/v1/models(/.*)?", None, "/v1/models"),
+        rule(r"/api/event_logging/.*", None, "/api/event_logging"),
+    ),
+)
+
+OPENAI = Provider(
+    type="openai",
+    gateway_prefix="/v1",
+    rules=(
+        rule(r"/chat/completions", Api.CHAT, "/chat/completions", ("POST",)),
+        rule(r"/responses", Api.RESPONSES, "/responses", ("POST",)),
+        rule(r"/models(/.*)?", None, "/models"),
+        rule(r"/responses/.+", None, "/responses/*"),
+        rule(r"/conversations(/.*)?", None, "/conversations"),
+    ),
+)
+
+COPILOT = Provider(
+    type="copilot",
+    gateway_prefix="",
+    rules=(
+        rule(r"/chat/completions", Api.CHAT, "/chat/completions", ("POST",)),
+        rule(r"/responses", Api.RESPONSES, "/responses", ("POST",)),
+        rule(r"/v1/messages", Api.MESSAGES, "/v1/messages", ("POST",)),
+    ),
+    passthrough_everything=True,
+)
+
+PROVIDERS: dict[str, Provider] = {p.type: p for p in (ANTHROPIC, OPENAI, COPILOT)}
+
+
+def error_body(provider_type: str | None, api: Api | None, message: str, error_type: str) -> bytes:
+    """An error in the shape the client's SDK expects.
+
+    The API decides, not the instance type: Copilot's /v1/messages speaks
+    Anthropic. `error_type` uses Anthropic's vocabulary and is mapped for OpenAI.
+    """
+    if api is Api.MESSAGES or (api is None and provider_type == "anthropic"):
+        return anthropic_error(message, error_type)
+    return openai_error(message, OPENAI_ERROR_TYPES.get(error_type, "server_error"), error_type)
+
+
+OPENAI_ERROR_TYPES = {
+    "invalid_request_error": "invalid_request_error",
+    "authentication_error": "invalid_request_error",
+    "permission_error": "invalid_request_error",
+    "not_found_error": "invalid_request_error",
+    "request_too_large": "invalid_request_error",
+    "rate_limit_error": "rate_limit_exceeded",
+    "api_error": "server_error",
+    "overloaded_error": "server_error",
+    "timeout_error": "server_error",
+}

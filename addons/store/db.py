@@ -1,0 +1,132 @@
+"""Opening the DuckDB database: permissions, schema, lock errors.
+
+DuckDB allows one writing process per file. The gateway owns it while it
+runs; everything else opens it read-only or goes through the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from addons.store import schema
+
+log = logging.getLogger("aigw.store")
+
+_PID_RE = re.compile(r"PID (\d+)")
+
+
+class DatabaseLockedError(Exception):
+    """Another process holds the database file's lock."""
+
+    def __init__(self, path: Path, pid: int | None, holder: str | None) -> None:
+        self.path = path
+        self.pid = pid
+        self.holder = holder
+        if pid is None:
+            who = "another process"
+        elif holder:
+            who = f"another process (PID {pid}: {holder})"
+        else:
+            who = f"another process (PID {pid})"
+        super().__init__(f"database {path} is locked by {who}")
+
+
+def utcnow() -> datetime:
+    """The current time, tz-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return text or None
+
+
+def _locked_error(path: Path, exc: duckdb.Error) -> DatabaseLockedError | None:
+    msg = str(exc)
+    if "lock" not in msg.lower():
+        return None
+    m = _PID_RE.search(msg)
+    pid = int(m.group(1)) if m else None
+    return DatabaseLockedError(path, pid, _cmdline(pid) if pid is not None else None)
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        locked = _locked_error(path, exc)
+        if locked is not None:
+            raise locked from exc
+        raise
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the database at `path`.
+
+    Write mode creates the parent directory (0700) and the file (0600), applies
+    the schema idempotently and records its version. Read-only mode never
+    creates or migrates anything.
+    """
+    path = Path(path)
+    if read_only:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"database {path} does not exist (start the gateway once, or point --aibridge-db at it)"
+            )
+        return _open(path, read_only=True)
+
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # DuckDB creates the file and its WAL with the process umask; tighten it
+    # while we open and migrate. (umask is process-wide, but only made
+    # stricter, for a few milliseconds at start-up.)
+    old_umask = os.umask(0o077)
+    try:
+        conn = _open(path, read_only=False)
+        try:
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+    finally:
+        os.umask(old_umask)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:  # not fatal: e.g. a file owned by someone else
+        log.warning("could not restrict permissions of %s: %s", path, exc)
+    return conn
+
+
+def _migrate(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("BEGIN")
+    try:
+        for stmt in schema.DDL:
+            conn.execute(stmt)
+        row = conn.execute("SELECT max(version) FROM aigw_schema").fetchone()
+        current = row[0] if row else None
+        if current is None:
+            conn.execute("INSERT INTO aigw_schema (version) VALUES (?)", [schema.SCHEMA_VERSION])
+        elif current > schema.SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {current} is newer than this aigw supports "
+                f"({schema.SCHEMA_VERSION}); upgrade aigw"
+            )
+        elif current < schema.SCHEMA_VERSION:
+            # Future migrations go here, one step at a time.
+            conn.execute("DELETE FROM aigw_schema")
+            conn.execute("INSERT INTO aigw_schema (version) VALUES (?)", [schema.SCHEMA_VERSION])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,63 @@
+"""What the wire parsers produce: plain values, no I/O.
+
+A parser turns a request body into a `RequestInfo` and a response (a blocking
+JSON body or a stream of events) into a `ResponseSummary`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    model: str | None = None
+    stream: bool = False
+    # The last user-typed text (never tool results or injected context).
+    prompt: str | None = None
+    # The id of the last tool result the request carries (links threads).
+    correlating_tool_call_id: str | None = None
+
+
+@dataclass(slots=True)
+class TokenUsage:
+    provider_response_id: str | None = None
+    input_tokens: int = 0  # excluding cached tokens
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ToolCall:
+    provider_response_id: str | None
+    call_id: str  # provider_tool_call_id: what the next request's tool result refers to
+    name: str
+    input: str  # JSON text, assembled from deltas
+    item_id: str | None = None  # Responses item id (fc_...), when distinct from call_id
+    server_url: str | None = None  # NULL for client-defined tools
+    injected: bool = False
+
+
+@dataclass(slots=True)
+class Thought:
+    content: str
+    source: str  # thinking | reasoning_summary | commentary
+    provider_response_id: str | None = None
+
+
+@dataclass(slots=True)
+class ResponseSummary:
+    response_id: str | None = None
+    model: str | None = None
+    usage: TokenUsage | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    thoughts: list[Thought] = field(default_factory=list)
+    # Set when the upstream reported a failure inside a 200 response
+    # (SSE `error` event, `response.failed`, chat `data: {"error":...}`).
+    error: str | None = None
+    # True once the stream's terminal event was seen (message_stop,
+    # [DONE], response.completed/failed/incomplete); always True for bodies.
+    complete: bool = False

@@ -1,0 +1,122 @@
+"""Incremental Server-Sent Events decoder.
+
+Feeds arbitrary network chunks, returns complete event blocks. Every returned
+event keeps the exact bytes it was decoded from (`raw`), so a caller can relay,
+drop or rewrite whole events and the concatenation of all `raw` values is the
+input stream, byte for byte, however it was chunked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+_CR = 0x0D
+
+
+@dataclass(slots=True, frozen=True)
+class SSEEvent:
+    event: str | None  # value of the `event:` field, None if absent
+    data: str | None  # data fields joined with "\n"; None when the block had no data field
+    raw: bytes  # the exact bytes of this block, including its terminating blank line
+
+
+class SSEDecoder:
+    """Splits a byte stream into SSE blocks (one block = lines up to a blank line).
+
+    Lines end in `\\n`, `\\r\\n` or `\\r`, mixed freely. A `\\r` that is the last
+    byte received so far is not treated as a line end until the next byte (or
+    `close()`) shows whether a `\\n` follows, so chunking never changes results.
+    """
+
+    __slots__ = ("_at_stream_start", "_buf", "_data", "_event", "_has_data", "_line_start", "_searched_to")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()  # starts at the first byte of the current (incomplete) block
+        self._line_start = 0  # offset in _buf of the first line not yet interpreted
+        self._searched_to = 0  # offset in _buf up to which no line end exists
+        self._at_stream_start = True
+        self._event: str | None = None
+        self._data: list[bytes] = []
+        self._has_data = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        self._buf += chunk
+        return self._drain(final=False)
+
+    def close(self) -> list[SSEEvent]:
+        events = self._drain(final=True)
+        if self._buf:
+            if self._line_start < len(self._buf):
+                self._interpret_line(bytes(self._buf[self._line_start :]))
+            events.append(self._take_event(len(self._buf)))
+            self._buf.clear()
+            self._line_start = self._searched_to = 0
+        return events
+
+    def _drain(self, final: bool) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        buf = self._buf
+        search_from = max(self._line_start, self._searched_to)
+        block_end = 0
+        while True:
+            match = _LINE_END.search(buf, search_from)
+            if match is None:
+                self._searched_to = len(buf)
+                break
+            line_stop, line_end = match.span()
+            if line_end == len(buf) and buf[line_stop] == _CR and not final:
+                # Might be the first half of "\r\n": decide when more bytes arrive.
+                self._searched_to = line_stop
+                break
+            if self._is_blank(self._line_start, line_stop):
+                events.append(self._take_event(line_end - block_end, block_end))
+                block_end = line_end
+            else:
+                self._interpret_line(bytes(buf[self._line_start : line_stop]))
+            self._line_start = search_from = line_end
+        if block_end:
+            del buf[:block_end]
+            self._line_start -= block_end
+            self._searched_to = max(self._searched_to - block_end, 0)
+        return events
+
+    def _is_blank(self, start: int, stop: int) -> bool:
+        if start == stop:
+            return True
+        return self._at_stream_start and stop - start == len(_BOM) and self._buf[start:stop] == _BOM
+
+    def _interpret_line(self, line: bytes) -> None:
+        if self._at_stream_start:
+            self._at_stream_start = False
+            if line.startswith(_BOM):
+                line = line[len(_BOM) :]
+        if not line or line[0] == 0x3A:  # ":" starts a comment
+            return
+        name, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+            self._has_data = True
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        # id, retry and unknown fields carry nothing the gateway needs.
+
+    def _take_event(self, length: int, start: int = 0) -> SSEEvent:
+        """Builds the event for the block at _buf[start:start+length] and resets field state."""
+        self._at_stream_start = False
+        data = b"\n".join(self._data).decode("utf-8", "replace") if self._has_data else None
+        event = SSEEvent(self._event, data, bytes(self._buf[start : start + length]))
+        self._event = None
+        self._data = []
+        self._has_data = False
+        return event

@@ -1,0 +1,1 @@
+"""Local fake upstream servers for tests (stdlib HTTP, run in background threads)."""
