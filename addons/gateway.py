@@ -42,6 +42,8 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
 
 def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = False, quiet: bool = False) -> int:
     _http1.make_error_response = json_error_response  # see json_error_response
+    # DuckDB re-creates its WAL at every checkpoint with the process umask; keep data owner-only.
+    os.umask(0o077)
     recorder = Recorder(settings)
     try:
         recorder.open()

@@ -15,6 +15,7 @@ import duckdb
 from addons.config import Settings
 from addons.records import Record
 from addons.store import db
+from addons.store.prices import Pricer
 from addons.store.writer import RecordWriter, recover_open_interceptions
 
 log = logging.getLogger("aigw.recorder")
@@ -33,7 +34,10 @@ class Recorder:
         recovered = recover_open_interceptions(self.conn, datetime.now(UTC))
         if recovered:
             log.warning("ended %d interception(s) left open by an earlier crash (status failed)", recovered)
-        self.writer = RecordWriter(self.conn)
+        pricer = Pricer()
+        self.writer = RecordWriter(self.conn, price=lambda usage: pricer.cost(
+            usage.provider, usage.model, usage.input_tokens, usage.output_tokens,
+            usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata))
         self.writer.start()
 
     def record(self, record: Record) -> None:

@@ -44,6 +44,11 @@ def provider_env(upstream_url: str) -> dict[str, str]:
         "CODER_AIBRIDGE_PROVIDER_1_BASE_URL": upstream_url + "/v1",
         "CODER_AIBRIDGE_PROVIDER_2_TYPE": "copilot",
         "CODER_AIBRIDGE_PROVIDER_2_BASE_URL": upstream_url,
+        # Nothing listens there: upstream connection failures.
+        "CODER_AIBRIDGE_PROVIDER_3_TYPE": "anthropic",
+        "CODER_AIBRIDGE_PROVIDER_3_NAME": "dead",
+        "CODER_AIBRIDGE_PROVIDER_3_KEY": ANTHROPIC_PROVIDER_KEY,
+        "CODER_AIBRIDGE_PROVIDER_3_BASE_URL": f"http://127.0.0.1:{free_port()}",
     }
 
 

@@ -258,8 +258,8 @@ class _Gen:
             cache_read = rng.choice((0, rng.randint(10_000, 150_000), rng.randint(20_000, 120_000)))
             cache_write = rng.choice((0, 0, rng.randint(500, 20_000)))
             if cache_write and rng.random() < 0.3:
-                meta["cache_write_1h_tokens"] = cache_write // 2
-                meta["cache_write_5m_tokens"] = cache_write - cache_write // 2
+                meta["cache_ephemeral_1h_input"] = cache_write // 2
+                meta["cache_ephemeral_5m_input"] = cache_write - cache_write // 2
             if rng.random() < 0.02:  # a long prompt crossing the 200k tier of Sonnet 4.5
                 inp += 210_000
             if rng.random() < 0.5:
@@ -268,7 +268,9 @@ class _Gen:
             inp, out = rng.randint(200, 20_000), rng.randint(50, 6_000)
             cache_read = rng.choice((0, rng.randint(1_000, 60_000)))
             cache_write = 0
-            meta["reasoning_tokens"] = rng.randint(0, out) if model.startswith(("gpt-5", "o")) else 0
+            # Responses API rows (Codex) carry output_reasoning, Chat Completions rows reasoning_tokens.
+            key = "output_reasoning" if model in ("gpt-5-codex", "gpt-5") else "reasoning_tokens"
+            meta[key] = rng.randint(0, out) if model.startswith(("gpt-5", "o")) else 0
         if partial:
             out //= 4
             meta = {k: v for k, v in meta.items() if k.startswith("cache")}
@@ -281,7 +283,7 @@ class _Gen:
         s.output_tokens += out
         s.cache_read_tokens += cache_read
         s.cache_write_tokens += cache_write
-        s.reasoning_tokens += int(meta.get("reasoning_tokens", 0) or meta.get("thinking_tokens", 0))
+        s.reasoning_tokens += sum(meta.get(k, 0) for k in ("reasoning_tokens", "output_reasoning", "thinking_tokens"))
         s.tokens_by_user[user] += inp + out + cache_read + cache_write
         if cost is None:
             s.unpriced_rows += 1

@@ -453,9 +453,7 @@ class BedrockCredentials:
         if bool(access_key) != bool(secret_key):
             raise ValueError("bedrock: access key and secret key must be given together")
         self._static = (
-            ReadOnlyCredentials(access_key, secret_key, session_token or None)
-            if access_key and secret_key
-            else None
+            ReadOnlyCredentials(access_key, secret_key, session_token or None) if access_key and secret_key else None
         )
         self._source = source or default_chain(profile)
         self._refresh_margin = refresh_margin

@@ -57,10 +57,11 @@ DEFAULT_OVERRIDES_PATH = Path(__file__).resolve().parents[2] / "config" / "price
 _PER_MTOK = 1_000_000
 _PER_K = 1_000
 
-# Metadata keys the wire parsers may use for the Anthropic 5m/1h cache-write split
-# and for server-side web searches. Checked in order; the first integer wins.
-_CACHE_1H_KEYS = ("cache_write_1h_tokens", "cache_creation_1h_tokens", "ephemeral_1h_input_tokens")
-_CACHE_5M_KEYS = ("cache_write_5m_tokens", "cache_creation_5m_tokens", "ephemeral_5m_input_tokens")
+# Metadata keys for the Anthropic 5m/1h cache-write split (addons/wire/anthropic.py
+# writes cache_ephemeral_*_input; the others are accepted for hand-written or
+# older rows) and for server-side web searches. Checked in order; first int wins.
+_CACHE_1H_KEYS = ("cache_ephemeral_1h_input", "cache_write_1h_tokens", "ephemeral_1h_input_tokens")
+_CACHE_5M_KEYS = ("cache_ephemeral_5m_input", "cache_write_5m_tokens", "ephemeral_5m_input_tokens")
 _WEB_SEARCH_KEYS = ("web_search_requests", "web_searches")
 
 # Service tiers that mean "standard price" (no variant lookup needed).

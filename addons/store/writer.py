@@ -344,9 +344,7 @@ class RecordWriter:
         stop = _Stop()
         self._q.put(stop)
         if not stop.done.wait(timeout):
-            log.error(
-                "record writer did not drain within %.1fs; %d items still queued", timeout, self.queue_depth
-            )
+            log.error("record writer did not drain within %.1fs; %d items still queued", timeout, self.queue_depth)
             return
         thread.join(timeout=5)
 

@@ -20,8 +20,6 @@ INJECTED_TEXT_PREFIXES: tuple[str, ...] = ("<system-reminder>",)
 _TOOL_BLOCK_TYPES = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 # Blocks are assembled in summary(), so a block's stop event carries nothing to read.
 _UNINTERESTING_EVENTS = frozenset({"ping", "content_block_stop"})
-# content_block_delta events worth parsing; text/citation/signature deltas are not.
-_USEFUL_DELTA_MARKERS = ("thinking_delta", "input_json_delta")
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -174,8 +172,8 @@ class StreamParser:
         if name == "message_stop":
             self._complete = True
             return
-        if name == "content_block_delta" and not any(m in data for m in _USEFUL_DELTA_MARKERS):
-            return
+        if name == "content_block_delta" and "thinking_delta" not in data and "input_json_delta" not in data:
+            return  # text, citation and signature deltas carry nothing recorded
         message = _loads(data)
         if message is None:
             return

@@ -18,8 +18,6 @@ from addons.wire.sse import SSEEvent
 INJECTED_TEXT_PREFIXES: tuple[str, ...] = ("<system-reminder>",)
 
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
-# A chunk holding any of these must be parsed; one holding none is plain text output.
-_MUST_PARSE_MARKERS = ('"tool_calls"', '"function_call"', '"error"')
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -237,7 +235,7 @@ class StreamParser:
             response_id=response_id,
             model=self._model,
             usage=usage_from_fields(self._usage, response_id) if self._usage is not None else None,
-            tool_calls=[_finish_call(call, response_id) for call in self._calls],
+            tool_calls=[_finish_call(call, response_id) for call in self._calls if call.call_id or call.name],
             error=self._error,
             complete=self._complete,
         )
@@ -282,14 +280,12 @@ class StreamParser:
 
 def _finish_call(call: _CallBuffer, response_id: str | None) -> ToolCall:
     text = "".join(call.parts)
-    return ToolCall(
-        response_id, call.call_id, call.name, text if call.kind == "custom" else compact_json_text(text)
-    )
+    return ToolCall(response_id, call.call_id, call.name, text if call.kind == "custom" else compact_json_text(text))
 
 
 def _is_plain_output(data: str) -> bool:
     """True for a chunk that carries only generated text (no tools, usage, error or finish)."""
-    if any(marker in data for marker in _MUST_PARSE_MARKERS):
+    if '"tool_calls"' in data or '"error"' in data or '"function_call"' in data:
         return False
     return _null_or_absent(data, '"usage"') and _null_or_absent(data, '"finish_reason"')
 

@@ -16,6 +16,7 @@ The model id is not in a Converse body (it is in the URL), so callers pass it in
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -163,7 +164,7 @@ class _ToolDraft:
     fragments: list[str] = field(default_factory=list)
 
 
-class _FrameFeeder:
+class _FrameFeeder(ABC):
     """Shared bytes-in path for the stream parsers: decode frames, record corruption."""
 
     def __init__(self) -> None:
@@ -190,11 +191,11 @@ class _FrameFeeder:
             self._corrupt = f"event stream ended mid-frame ({self._decoder.buffered} bytes left over)"
             self._record_error(self._corrupt)
 
-    def on_frame(self, frame: StreamFrame) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def on_frame(self, frame: StreamFrame) -> None: ...
 
-    def _record_error(self, message: str) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def _record_error(self, message: str) -> None: ...
 
 
 class ConverseStreamParser(_FrameFeeder):

@@ -110,9 +110,7 @@ class EventStreamDecoder:
         total, headers_len, prelude_crc = struct.unpack_from(">III", self._buf, 0)
         computed = binascii.crc32(self._buf[:8]) & 0xFFFFFFFF
         if computed != prelude_crc:
-            raise EventStreamError(
-                f"prelude CRC mismatch (expected {prelude_crc:#010x}, computed {computed:#010x})"
-            )
+            raise EventStreamError(f"prelude CRC mismatch (expected {prelude_crc:#010x}, computed {computed:#010x})")
         # A valid CRC over nonsense lengths would otherwise stall or loop forever.
         if total < _MIN_FRAME_LEN + headers_len:
             raise EventStreamError(f"malformed prelude: total length {total} < headers {headers_len} + 16")
@@ -191,9 +189,7 @@ def invoke_chunk_event(frame: StreamFrame) -> dict | None:
 
 def anthropic_sse(event: dict) -> bytes:
     """Render one Anthropic stream event as SSE: `event: <type>` + compact `data:` JSON."""
-    return (
-        b"event: " + str(event.get("type", "message")).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-    )
+    return b"event: " + str(event.get("type", "message")).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 # Bedrock stream exception -> Anthropic error type. Keys are lower-cased:
@@ -297,9 +293,7 @@ class BedrockToAnthropicSSE:
         out: list[bytes] = []
         if not self._done and self._decoder.buffered:
             self._finish(
-                _api_error(
-                    f"Bedrock event stream ended mid-frame ({self._decoder.buffered} bytes left over)"
-                ),
+                _api_error(f"Bedrock event stream ended mid-frame ({self._decoder.buffered} bytes left over)"),
                 out,
             )
         return b"".join(out)

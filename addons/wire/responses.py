@@ -110,7 +110,7 @@ def _trailing_tool_output_id(items: list[Any]) -> str | None:
         item_type = item.get("type")
         if isinstance(item_type, str) and item_type.endswith("_call_output"):
             return str_or_none(item.get("call_id"))
-        if _is_message(item) and (item.get("role") in _INSTRUCTION_ROLES or _is_injected_message(item)):
+        if _is_message(item) and (item.get("role") in _INSTRUCTION_ROLES or _is_injected_user_message(item)):
             continue
         return None
     return None
@@ -120,7 +120,9 @@ def _is_message(item: dict[str, Any]) -> bool:
     return item.get("type", "message") == "message" and "role" in item
 
 
-def _is_injected_message(item: dict[str, Any]) -> bool:
+def _is_injected_user_message(item: dict[str, Any]) -> bool:
+    if item.get("role") != "user":
+        return False
     texts = _input_texts(item.get("content"))
     return bool(texts) and all(is_injected_text(text) for text in texts)
 

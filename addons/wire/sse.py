@@ -31,7 +31,7 @@ class SSEDecoder:
     `close()`) shows whether a `\\n` follows, so chunking never changes results.
     """
 
-    __slots__ = ("_at_stream_start", "_buf", "_data", "_event", "_has_data", "_line_start", "_searched_to")
+    __slots__ = ("_at_stream_start", "_buf", "_data", "_event", "_line_start", "_searched_to")
 
     def __init__(self) -> None:
         self._buf = bytearray()  # starts at the first byte of the current (incomplete) block
@@ -39,8 +39,7 @@ class SSEDecoder:
         self._searched_to = 0  # offset in _buf up to which no line end exists
         self._at_stream_start = True
         self._event: str | None = None
-        self._data: list[bytes] = []
-        self._has_data = False
+        self._data: list[bytes] = []  # values of the current block's data fields
 
     @property
     def buffered(self) -> int:
@@ -57,7 +56,7 @@ class SSEDecoder:
         if self._buf:
             if self._line_start < len(self._buf):
                 self._interpret_line(bytes(self._buf[self._line_start :]))
-            events.append(self._take_event(len(self._buf)))
+            events.append(self._take_event(0, len(self._buf)))
             self._buf.clear()
             self._line_start = self._searched_to = 0
         return events
@@ -78,7 +77,7 @@ class SSEDecoder:
                 self._searched_to = line_stop
                 break
             if self._is_blank(self._line_start, line_stop):
-                events.append(self._take_event(line_end - block_end, block_end))
+                events.append(self._take_event(block_end, line_end))
                 block_end = line_end
             else:
                 self._interpret_line(bytes(buf[self._line_start : line_stop]))
@@ -106,17 +105,15 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
-            self._has_data = True
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         # id, retry and unknown fields carry nothing the gateway needs.
 
-    def _take_event(self, length: int, start: int = 0) -> SSEEvent:
-        """Builds the event for the block at _buf[start:start+length] and resets field state."""
+    def _take_event(self, start: int, end: int) -> SSEEvent:
+        """Builds the event for the block at _buf[start:end] and resets the field state."""
         self._at_stream_start = False
-        data = b"\n".join(self._data).decode("utf-8", "replace") if self._has_data else None
-        event = SSEEvent(self._event, data, bytes(self._buf[start : start + length]))
+        data = b"\n".join(self._data).decode("utf-8", "replace") if self._data else None
+        event = SSEEvent(self._event, data, bytes(self._buf[start:end]))
         self._event = None
         self._data = []
-        self._has_data = False
         return event

@@ -296,6 +296,29 @@ def test_truncated_stream_is_recorded_failed_with_tokens_so_far(gateway: Gateway
     assert [(t["input_tokens"], t["output_tokens"]) for t in tokens] == [(25, 1)]
 
 
+def test_unreachable_upstream_is_a_json_502_and_recorded(gateway: Gateway, upstream) -> None:
+    before = count(gateway)
+    client = anthropic.Anthropic(base_url=f"{gateway.url}/api/v2/aibridge/dead", api_key=gateway.user_key,
+                                 max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 502
+    assert raised.value.body["error"]["type"] == "api_error"
+    row = latest_after(gateway, before)
+    assert row["provider_name"] == "dead" and row["status"] == "failed"
+    assert json.loads(row["metadata"])["error"]
+
+
+def test_known_models_are_priced(gateway: Gateway, upstream) -> None:
+    before = count(gateway)
+    anthropic_client(gateway, gateway.user_key).messages.create(
+        model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    row = latest_after(gateway, before)
+    tokens = children(gateway, "aibridge_token_usages", row["id"])
+    # 25 input, 12 output, 100 cache read, 7 cache write at $3 / $15 / $0.30 / $3.75 per million.
+    assert tokens[0]["cost_usd"] == pytest.approx((25 * 3 + 12 * 15 + 100 * 0.3 + 7 * 3.75) / 1e6)
+
+
 def test_stream_is_not_buffered(gateway: Gateway, upstream) -> None:
     """The upstream holds the rest of the stream until the client has the first event.
 

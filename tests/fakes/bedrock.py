@@ -41,9 +41,7 @@ from tests.eventstream_encoder import chunk_frame, converse_frame
 SIGNING_NAME = "bedrock"
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)  # AWS rejects signatures older/newer than this
 
-_ROUTE = re.compile(
-    r"/model/(?P<model>[^/]+)/(?P<op>invoke|invoke-with-response-stream|converse|converse-stream)"
-)
+_ROUTE = re.compile(r"/model/(?P<model>[^/]+)/(?P<op>invoke|invoke-with-response-stream|converse|converse-stream)")
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),\s*"
     r"Signature=(?P<sig>[0-9a-f]{64})$"
@@ -76,9 +74,7 @@ class Reply:
     def events(cls, parts: list[bytes | float], *, split: int | None = None, abort: bool = False) -> Reply:
         """An event-stream body; `split` re-chunks every frame into pieces of that many bytes."""
         if split:
-            parts = [
-                p[i : i + split] if isinstance(p, bytes) else p for p in parts for i in _offsets(p, split)
-            ]
+            parts = [p[i : i + split] if isinstance(p, bytes) else p for p in parts for i in _offsets(p, split)]
         headers = {
             "content-type": "application/vnd.amazon.eventstream",
             "x-amzn-bedrock-content-type": "application/json",
@@ -86,9 +82,7 @@ class Reply:
         return cls(200, headers, parts, abort)
 
     @classmethod
-    def aws_error(
-        cls, status: int, error_type: str, message: str, *, retry_after: int | None = None
-    ) -> Reply:
+    def aws_error(cls, status: int, error_type: str, message: str, *, retry_after: int | None = None) -> Reply:
         """An AWS JSON error, e.g. aws_error(400, "ValidationException", "...")."""
         headers = {
             "x-amzn-errortype": f"{error_type}:http://internal.amazon.com/coral/com.amazon.bedrock/",
@@ -155,9 +149,7 @@ def verify_sigv4(
         return AuthFailure("IncompleteSignatureException", f"Authorization header is malformed: {auth[:40]}")
     access_key, date, cred_region, cred_service, terminator = (m["cred"].split("/") + [""] * 5)[:5]
     if access_key != credentials.access_key:
-        return AuthFailure(
-            "UnrecognizedClientException", "The security token included in the request is invalid."
-        )
+        return AuthFailure("UnrecognizedClientException", "The security token included in the request is invalid.")
     amz_date = headers.get("x-amz-date", "")
     if terminator != "aws4_request" or date != amz_date[:8]:
         return AuthFailure("InvalidSignatureException", "Credential scope date/terminator does not match")
@@ -197,9 +189,7 @@ def _check_token_and_payload(
     headers: Mapping[str, str], body: bytes, credentials: ReadOnlyCredentials
 ) -> AuthFailure | None:
     if credentials.token and headers.get("x-amz-security-token") != credentials.token:
-        return AuthFailure(
-            "UnrecognizedClientException", "The security token included in the request is invalid."
-        )
+        return AuthFailure("UnrecognizedClientException", "The security token included in the request is invalid.")
     declared = headers.get("x-amz-content-sha256")
     if declared is not None and declared != hashlib.sha256(body).hexdigest():
         return AuthFailure(
