@@ -207,9 +207,7 @@ class StreamParser:
                 if text:
                     summary.thoughts.append(Thought(text, "thinking", response_id))
             else:
-                summary.tool_calls.append(
-                    ToolCall(response_id, block.call_id, block.name, _tool_input_text(block))
-                )
+                summary.tool_calls.append(ToolCall(response_id, block.call_id, block.name, _tool_input_text(block)))
         return summary
 
     def _on_message_start(self, message: dict[str, Any]) -> None:

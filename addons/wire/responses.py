@@ -142,9 +142,7 @@ def _input_texts(content: Any) -> list[str]:
 # --- usage --------------------------------------------------------------------------------------
 
 
-def usage_from_fields(
-    usage: dict[str, Any], response_id: str | None, copilot_usage: Any = None
-) -> TokenUsage:
+def usage_from_fields(usage: dict[str, Any], response_id: str | None, copilot_usage: Any = None) -> TokenUsage:
     """Maps `response.usage`: cached (and cache-write) tokens are inside input_tokens, so subtracted."""
     input_details = usage.get("input_tokens_details")
     input_details = input_details if isinstance(input_details, dict) else {}
