@@ -17,13 +17,18 @@ from typing import Any
 import orjson
 from mitmproxy import http
 
+from addons.analytics import snapshot_dir
 from addons.auth import Identity, KeyCache, presented_credential
-from addons.config import parse_duration
+from addons.config import Settings, parse_duration
 from addons.providers.base import any_error
 from addons.recorder import Recorder
+from addons.report import render_report
 from addons.routing import RESERVED, is_gateway_request, json_response, split_gateway_path
+from addons.store import audit
 from addons.store import keys as keystore
+from addons.store.prices import missing_prices
 from addons.store.query import QueryError, run_query
+from addons.store.snapshot import write_snapshot
 
 log = logging.getLogger("aigw.admin")
 
@@ -50,7 +55,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class AdminApi:
-    def __init__(self, recorder: Recorder, keys: KeyCache) -> None:
+    def __init__(self, settings: Settings, recorder: Recorder, keys: KeyCache) -> None:
+        self.settings = settings
         self.recorder = recorder
         self.keys = keys
 
@@ -126,6 +132,82 @@ class AdminApi:
             await self.reload_keys()
             return 200, {"id": match["id"], "revoked": True}
         raise ApiError(404, f"no route for {method} keys{rest}", "not_found_error")
+
+    async def read(self, fn: Any) -> Any:
+        """Run a read on its own cursor, off the event loop."""
+        conn = self.recorder.conn
+        assert conn is not None
+
+        def run() -> Any:
+            cursor = conn.cursor()
+            try:
+                return fn(cursor)
+            finally:
+                cursor.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except ValueError as e:
+            raise ApiError(400, str(e), "invalid_request_error") from None
+
+    def filters(self, flow: http.HTTPFlow, identity: Identity) -> audit.Filters:
+        q = flow.request.query
+        if not identity.admin and q.get("user") not in (None, identity.user_name):
+            raise ApiError(403, "only admin keys may see other users' data", "permission_error")
+        try:
+            return audit.build_filters(
+                user=q.get("user"), provider=q.get("provider"), model=q.get("model"), client=q.get("client"),
+                since=q.get("since"), until=q.get("until"), session_id=q.get("session_id"),
+                status=q.get("status"), initiator_id=None if identity.admin else identity.user_id,
+                known_instances={i.name for i in self.settings.instances},
+            )
+        except ValueError as e:
+            raise ApiError(400, str(e), "invalid_request_error") from None
+
+    def limit(self, flow: http.HTTPFlow) -> int:
+        raw = flow.request.query.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= audit.MAX_LIMIT:
+            raise ApiError(400, f"limit must be a whole number from 1 to {audit.MAX_LIMIT}", "invalid_request_error")
+        return int(raw)
+
+    async def api_interceptions(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
+        if flow.request.method != "GET":
+            raise ApiError(405, "use GET", "invalid_request_error")
+        if rest in ("", "/"):
+            f, limit, after = self.filters(flow, identity), self.limit(flow), flow.request.query.get("after_id")
+            rows, cursor = await self.read(lambda c: audit.list_interceptions(c, f, limit, after))
+            return 200, {"interceptions": rows, "next_after_id": cursor}
+        iid = rest.strip("/")
+        found = await self.read(lambda c: audit.get_interception(c, iid))
+        if found is None:
+            raise ApiError(404, f"no interception {iid!r}", "not_found_error")
+        if not identity.admin and str(found.get("initiator_id")) != identity.user_id:
+            raise ApiError(403, "this interception belongs to another user", "permission_error")
+        return 200, found
+
+    async def api_sessions(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
+        if flow.request.method != "GET" or rest not in ("", "/"):
+            raise ApiError(404, "use GET /api/v2/aibridge/sessions", "not_found_error")
+        f, limit = self.filters(flow, identity), self.limit(flow)
+        return 200, {"sessions": await self.read(lambda c: audit.list_sessions(c, f, limit))}
+
+    async def api_admin(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
+        """Operator actions the CLI needs while the gateway owns the database."""
+        self.require_admin(identity)
+        if rest == "/snapshot" and flow.request.method == "POST":
+            path = await self.read(lambda c: write_snapshot(c, snapshot_dir(self.settings)))
+            return 200, {"snapshot": str(path)}
+        if rest == "/prices/missing" and flow.request.method == "GET":
+            return 200, {"missing": await self.read(missing_prices)}
+        if rest == "/report" and flow.request.method == "GET":
+            now = datetime.now(UTC)
+            since = flow.request.query.get("since", "30d")
+            try:
+                start = audit.parse_since(since, now)
+            except ValueError as e:
+                raise ApiError(400, str(e), "invalid_request_error") from None
+            return 200, {"html": await self.read(lambda c: render_report(c, start, now))}
+        raise ApiError(404, f"no route for {flow.request.method} admin{rest}", "not_found_error")
 
     async def api_query(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
         self.require_admin(identity)

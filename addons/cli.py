@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from addons import config, runtime
@@ -77,6 +78,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("query", cmd_query, "read-only SQL over the recorded data")
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    inter = sub.add_parser("interceptions", help="the audit view").add_subparsers(metavar="ACTION")
+    p = inter.add_parser("list", help="list interceptions, newest first")
+    config.add_arguments(p)
+    add_filter_arguments(p)
+    p.add_argument("--after-id", metavar="CURSOR", help="the next_after_id of the previous page")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_interceptions_list)
+    p = inter.add_parser("show", help="one interception with its tokens, prompt, tool calls and thoughts")
+    config.add_arguments(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_interceptions_show)
+
+    sessions = sub.add_parser("sessions", help="interceptions grouped by session").add_subparsers(metavar="ACTION")
+    p = sessions.add_parser("list", help="summarise sessions (client session id, else thread)")
+    config.add_arguments(p)
+    add_filter_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sessions_list)
+
+    command("snapshot", cmd_snapshot, "refresh the read-only snapshot that external tools open")
+    p = command("report", cmd_report, "write a self-contained HTML usage report")
+    p.add_argument("--since", default="30d", help="a duration (30d, 12h) or an ISO date (default 30d)")
+    p.add_argument("--out", required=True, metavar="FILE.html")
+    prices = sub.add_parser("prices", help="model prices").add_subparsers(metavar="ACTION")
+    p = prices.add_parser("missing", help="models seen without a known price (their cost is NULL)")
+    config.add_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prices_missing)
+
+    p = command("ca", cmd_ca, "print the gateway CA certificate's path, or write a bundle with the system roots")
+    p.add_argument("--bundle", metavar="FILE", help="write the system/certifi roots plus the gateway CA to FILE "
+                   "(for SSL_CERT_FILE / REQUESTS_CA_BUNDLE, which replace the default roots)")
+    p = command("env", cmd_env, "print the shell exports a client needs to use the transparent proxy")
+    p.add_argument("--user-key", metavar="KEY", help="your gateway key (the proxy password)")
 
     cfg = sub.add_parser("config", help="configuration").add_subparsers(metavar="ACTION")
     p = cfg.add_parser("check", help="validate configuration and print the provider instances")
@@ -237,6 +273,142 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 80 else text[:79] + "…"
 
 
+# -- analysts --------------------------------------------------------------------
+
+
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user")
+    p.add_argument("--provider", help="instance name or type")
+    p.add_argument("--model")
+    p.add_argument("--client")
+    p.add_argument("--since", help="a duration (30d, 12h) or an ISO date/time")
+    p.add_argument("--until", help="a duration (30d, 12h) or an ISO date/time")
+    p.add_argument("--limit", type=int, default=50)
+
+
+def read_store(settings: Settings, remote: Callable[[runtime.RunningGateway], Any],
+               local: Callable[[Any], Any]) -> Any:
+    """Like with_store, for reads: through the gateway, else a read-only connection."""
+    gateway = runtime.read(settings.db)
+    if gateway is not None:
+        return remote(gateway)
+    from addons.store import db
+
+    if not settings.db.exists():
+        fail(f"no database at {settings.db} (start the gateway first, or set --aibridge-db)")
+    try:
+        conn = db.connect(settings.db, read_only=True)
+    except db.DatabaseLockedError as e:
+        fail(str(e))
+    try:
+        return local(conn)
+    except ValueError as e:
+        fail(str(e))
+    finally:
+        conn.close()
+
+
+def filter_query(args: argparse.Namespace, **extra: Any) -> str:
+    from urllib.parse import urlencode
+
+    params = {k: getattr(args, k) for k in ("user", "provider", "model", "client", "since", "until", "limit")}
+    params.update(extra)
+    return urlencode({k: v for k, v in params.items() if v is not None})
+
+
+def local_filters(args: argparse.Namespace, settings: Settings) -> Any:
+    from addons.store import audit
+
+    return audit.build_filters(user=args.user, provider=args.provider, model=args.model, client=args.client,
+                               since=args.since, until=args.until,
+                               known_instances={i.name for i in settings.instances})
+
+
+def cmd_interceptions_list(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import audit
+
+    def local(conn: Any) -> dict[str, Any]:
+        rows, cursor = audit.list_interceptions(conn, local_filters(args, settings), args.limit, args.after_id)
+        return {"interceptions": rows, "next_after_id": cursor}
+
+    page = read_store(settings, lambda gw: runtime.call(
+        gw, "GET", "/api/v2/aibridge/interceptions?" + filter_query(args, after_id=args.after_id)), local)
+    if args.json:
+        print(json.dumps(page, indent=2, default=str))
+        return 0
+    print(audit.format_table(page["interceptions"], audit.INTERCEPTION_COLUMNS))
+    if page["next_after_id"]:
+        print(f"more: --after-id {page['next_after_id']}")
+    return 0
+
+
+def cmd_interceptions_show(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import audit
+
+    found = read_store(settings, lambda gw: runtime.call(gw, "GET", f"/api/v2/aibridge/interceptions/{args.id}"),
+                       lambda conn: audit.get_interception(conn, args.id))
+    if found is None:
+        fail(f"no interception {args.id!r}")
+    print(json.dumps(found, indent=2, default=str))
+    return 0
+
+
+def cmd_sessions_list(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import audit
+
+    rows = read_store(
+        settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/sessions?" + filter_query(args))["sessions"],
+        lambda conn: audit.list_sessions(conn, local_filters(args, settings), args.limit))
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(audit.format_table(rows, audit.SESSION_COLUMNS))
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.analytics import snapshot_dir
+    from addons.store.snapshot import write_snapshot
+
+    path = with_store(settings, lambda gw: runtime.call(gw, "POST", "/api/v2/aibridge/admin/snapshot")["snapshot"],
+                      lambda conn: write_snapshot(conn, snapshot_dir(settings)))
+    print(f"snapshot written: {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+    from urllib.parse import quote
+
+    from addons.report import render_report
+    from addons.store import audit
+
+    def local(conn: Any) -> str:
+        now = datetime.now(UTC)
+        return render_report(conn, audit.parse_since(args.since, now), now)
+
+    html = read_store(settings, lambda gw: runtime.call(
+        gw, "GET", f"/api/v2/aibridge/admin/report?since={quote(args.since)}")["html"], local)
+    Path(args.out).write_text(html, encoding="utf-8")
+    print(f"report written: {args.out}")
+    return 0
+
+
+def cmd_prices_missing(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store.prices import missing_prices
+
+    rows = read_store(settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/admin/prices/missing")["missing"],
+                      missing_prices)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        print("every model seen has a price")
+    else:
+        columns = list(rows[0])
+        print(render_table(columns, [[r[c] for c in columns] for r in rows]))
+    return 0
+
+
 # -- config ----------------------------------------------------------------------
 
 
@@ -246,6 +418,31 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
           f"enabled: {settings.enabled}   allow_byok: {settings.allow_byok}")
     for instance in settings.instances:
         print(json.dumps(instance.masked(), default=str))
+    from addons.proxy_policy import build_host_map, describe_host_map
+
+    print("\n".join(describe_host_map(build_host_map(settings))))
+    return 0
+
+
+# -- ca / env --------------------------------------------------------------------
+
+
+def cmd_ca(args: argparse.Namespace, settings: Settings) -> int:
+    from addons import ca
+
+    if args.bundle:
+        path, count = ca.write_bundle(Path(args.bundle))
+        print(path)
+        print(f"aigw: wrote {count} certificates (system roots + the gateway CA)", file=sys.stderr)
+    else:
+        print(ca.ensure_ca())
+    return 0
+
+
+def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
+    from addons import ca
+
+    print(ca.env_exports(settings, args.user_key))
     return 0
 
 

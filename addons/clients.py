@@ -55,10 +55,15 @@ def detect_client(headers: Mapping[str, str]) -> str:
     if integration.startswith("vscode"):
         return "Copilot VS Code"
     probe = (headers.get("originator", "") + " " + headers.get("user-agent", "")).lower()
-    for needle, name in _USER_AGENTS:
-        if needle in probe:
-            return name
-    return "Unknown"
+    name = next((name for needle, name in _USER_AGENTS if needle in probe), "Unknown")
+    # Copilot CLI in bring-your-own-key mode calls the provider through the stock OpenAI /
+    # Anthropic JS SDKs (their User-Agent) and marks every call `x-initiator: user|agent`.
+    if name in _BARE_JS_SDKS and headers.get("x-initiator", "").lower() in ("user", "agent"):
+        return "Copilot CLI"
+    return name
+
+
+_BARE_JS_SDKS = frozenset({"OpenAI SDK (JS)", "Anthropic SDK (JS)", "Unknown"})
 
 
 def session_id(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:

@@ -58,3 +58,21 @@ def is_tunnel(client_conn: object) -> bool:
 
 def tunnel_identity(client_conn: object) -> object | None:
     return _tunnels.get(client_conn)
+
+
+# Requests a client sent in absolute form (`GET http://host/path`, i.e. proxied plain
+# HTTP). mitmproxy rewrites them to origin form before any hook runs, so
+# addons.proxy records them here as they are parsed (see proxy.install_absolute_form_marker).
+_absolute_form: weakref.WeakSet[http.Request] = weakref.WeakSet()
+
+
+def mark_absolute_form(request: http.Request) -> None:
+    _absolute_form.add(request)
+
+
+def unmark_absolute_form(request: http.Request) -> None:
+    _absolute_form.discard(request)
+
+
+def is_absolute_form(request: http.Request) -> bool:
+    return request in _absolute_form

@@ -8,18 +8,28 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mitmproxy import http, options
 from mitmproxy.proxy.layers.http import _http1
 
-from addons import runtime
+from addons import ca, runtime
 from addons.admin import AdminApi, KeyUsageFlusher
+from addons.analytics import SnapshotPublisher
 from addons.auth import KeyCache
+from addons.bedrock import BedrockUpstreams
 from addons.config import Settings
+from addons.dumps import Dumps
 from addons.intercept import Interceptor
+from addons.logs import Logs, LogSetupError, setup_logging
+from addons.metrics import Metrics, MetricsServer, MetricsServerError, chain_on_batch, start_server
 from addons.providers.base import any_error
+from addons.proxy import install_absolute_form_marker, proxy_addons
 from addons.recorder import Recorder
+from addons.redaction import configured_secrets
+from addons.retention import Retention
 from addons.routing import Router
+from addons.shutdown import GracefulShutdown
 from addons.store import db
 from addons.store import keys as keystore
 
@@ -42,40 +52,81 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
 
 def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = False, quiet: bool = False) -> int:
     _http1.make_error_response = json_error_response  # see json_error_response
+    install_absolute_form_marker()  # plain-HTTP proxy requests must be told from gateway routes
     # DuckDB re-creates its WAL at every checkpoint with the process umask; keep data owner-only.
     os.umask(0o077)
-    recorder = Recorder(settings)
+    # Startup errors (log file, locked database, metrics port) are one line on stderr, before serving.
     try:
-        recorder.open()
-    except db.DatabaseLockedError as e:
+        log_output = setup_logging(settings, "warn" if quiet else "info")
+    except LogSetupError as e:
         print(f"aigw: {e}", file=sys.stderr)
         return 1
-    assert recorder.writer is not None
-    keys = KeyCache(recorder.writer.call(keystore.load_keys))
+    recorder = Recorder(settings)
+    metrics_server: MetricsServer | None = None
     try:
+        try:
+            recorder.open()
+        except db.DatabaseLockedError as e:
+            print(f"aigw: {e}", file=sys.stderr)
+            return 1
+        assert recorder.writer is not None
+        if settings.prometheus_enable:
+            try:
+                metrics_server = start_server(settings.prometheus_address)
+            except MetricsServerError as e:
+                print(f"aigw: {e}", file=sys.stderr)
+                return 1
+        keys = KeyCache(recorder.writer.call(keystore.load_keys))
         return asyncio.run(serve(settings, recorder, keys, sets=sets, web=web, quiet=quiet))
     finally:
-        recorder.done()
+        recorder.done()  # flushes every pending record
+        if metrics_server is not None:
+            metrics_server.close()
+        log_output.close()
 
 
 async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets: Sequence[str], web: bool,
                 quiet: bool) -> int:
     opts = options.Options()
+    # No termlog: addons/logs.py owns the log output (format and destination) for everything.
+    web_addons: list[object] = []
     if web:
-        from mitmproxy.tools.web.master import WebMaster
+        from addons.web import AigwWebMaster, WebUi
 
-        master: object = WebMaster(opts, with_termlog=True)
+        master: object = AigwWebMaster(opts, configured_secrets(settings))  # redacts what the UI receives
+        web_addons.append(WebUi())
     else:
         from mitmproxy.tools.dump import DumpMaster
 
-        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    bedrock = BedrockUpstreams(settings)
+    interceptor = Interceptor(recorder.record, bedrock.upstream_for)
+    shutdown = GracefulShutdown(interceptor)
+    assert recorder.writer is not None
+    metrics_addons: list[object] = []
+    if settings.prometheus_enable:
+        metrics_sink = Metrics(lambda: recorder.writer.queue_depth if recorder.writer else 0)
+        recorder.sinks.append(metrics_sink)
+        chain_on_batch(recorder.writer)
+        metrics_addons.append(metrics_sink)
     master.addons.add(  # type: ignore[attr-defined]
+        shutdown,  # first: refuses new requests while draining
+        Logs(settings, recorder.sinks),
+        *proxy_addons(settings, keys),  # transparent proxy: before the gateway routes
         Router(settings, keys),
-        AdminApi(recorder, keys),
-        Interceptor(recorder.record),
+        AdminApi(settings, recorder, keys),
+        interceptor,
         KeyUsageFlusher(recorder, keys),
+        SnapshotPublisher(settings, recorder),
+        bedrock,
         recorder,
+        *metrics_addons,
+        Retention(settings.retention, recorder.writer),
+        *web_addons,
+        Dumps(settings),  # last: dumps the request exactly as it goes upstream
     )
+    # AWS credentials resolve on threads; wait for them (off the loop) before serving.
+    await bedrock.start()
     opts.update(
         mode=[f"regular@{settings.listen_host}:{settings.listen_port}"],
         confdir=CONFDIR,
@@ -84,9 +135,10 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     )
     if sets:
         opts.set(*sets)
+    ca.ensure_ca(Path(opts.confdir).expanduser(), opts.key_size)  # private key owner-only
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)  # type: ignore[attr-defined]
+        loop.add_signal_handler(sig, shutdown.begin)  # drain in-flight requests, then stop
     url = f"http://{settings.listen_host}:{settings.listen_port}"
     runtime.write(settings.db, runtime.RunningGateway(url=url, pid=os.getpid(), token=keys.admin_token))
     log.info("aigw listening on %s (database %s)", url, settings.db)

@@ -36,6 +36,7 @@ from addons.records import (
     ToolUsageRecord,
 )
 from addons.routing import inject_credential, json_response
+from addons.upstream import Refusal, Upstream
 from addons.wire import anthropic, chat, responses
 from addons.wire.model import RequestInfo, ResponseSummary
 from addons.wire.sse import SSEDecoder
@@ -60,6 +61,8 @@ class Interception:
     summary: ResponseSummary | None = None
     ended: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Merged into the token usage row's metadata (e.g. Bedrock's token-count headers).
+    token_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamTap:
@@ -93,9 +96,43 @@ class StreamTap:
             return chunk
 
 
+class DirectUpstream:
+    """The provider's own API: base URL + provider key; SSE tapped as it passes."""
+
+    def forward(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any] | None) -> Refusal | None:
+        inject_credential(flow, ctx)
+        if body is not None:
+            # The tap must see plain bytes, not gzip/zstd.
+            flow.request.headers["accept-encoding"] = "identity"
+        return None
+
+    def response_headers(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
+        assert flow.response is not None
+        interception = ctx.interception
+        if interception is None:
+            flow.response.stream = True  # passthrough: relayed as it comes, never parsed
+            return
+        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            interception.parser = PARSERS[interception.api].StreamParser()
+            flow.response.stream = StreamTap(interception.parser, interception.hide_usage)
+        # Anything else (blocking JSON, errors) is small and parsed whole in `response`.
+
+    def response(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
+        pass
+
+
+DIRECT = DirectUpstream()
+
+
 class Interceptor:
-    def __init__(self, record: Callable[[Record], None]) -> None:
+    def __init__(self, record: Callable[[Record], None],
+                 upstream_for: Callable[[FlowContext], Upstream | None] | None = None) -> None:
         self.record = record
+        # Picks a non-default upstream strategy (e.g. Bedrock) for a flow; None: the provider's API.
+        self._upstream_for = upstream_for
+
+    def upstream(self, ctx: FlowContext) -> Upstream:
+        return (self._upstream_for(ctx) if self._upstream_for else None) or DIRECT
 
     def load(self, loader: Any) -> None:
         loader.add_option("aigw_max_body_size", int, MAX_BODY_DEFAULT,
@@ -117,8 +154,12 @@ class Interceptor:
         ctx = context.get(flow)
         if ctx is None or flow.response is not None:
             return
+        upstream = self.upstream(ctx)
         if not ctx.route.intercepted:
-            inject_credential(flow, ctx)
+            refusal = upstream.forward(flow, ctx, None)
+            if refusal is not None:
+                flow.response = json_response(refusal.status, error_body(
+                    ctx.instance.type, None, refusal.message, refusal.error_type))
             return
         api = ctx.route.api
         assert api is not None
@@ -134,9 +175,9 @@ class Interceptor:
             body["stream_options"] = {**options, "include_usage": True}
             flow.request.content = orjson.dumps(body)
             interception.hide_usage = True
-        inject_credential(flow, ctx)
-        # The tap must see plain bytes, not gzip/zstd.
-        flow.request.headers["accept-encoding"] = "identity"
+        refusal = upstream.forward(flow, ctx, body)
+        if refusal is not None:
+            self.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type)
 
     def parse_body(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
         raw = flow.request.raw_content or b""
@@ -192,20 +233,16 @@ class Interceptor:
         ctx = context.get(flow)
         if ctx is None or flow.response is None:
             return
-        interception = ctx.interception
-        if interception is None:
-            flow.response.stream = True  # passthrough: relayed as it comes, never parsed
+        if ctx.interception is not None and ctx.interception.ended:
             return
-        if interception.ended:
-            return
-        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            interception.parser = PARSERS[interception.api].StreamParser()
-            flow.response.stream = StreamTap(interception.parser, interception.hide_usage)
-        # Anything else (blocking JSON, errors) is small and parsed whole in `response`.
+        self.upstream(ctx).response_headers(flow, ctx)
 
     def response(self, flow: http.HTTPFlow) -> None:
         ctx = context.get(flow)
-        if ctx is None or ctx.interception is None or ctx.interception.ended:
+        if ctx is None or (ctx.interception is not None and ctx.interception.ended):
+            return
+        self.upstream(ctx).response(flow, ctx)
+        if ctx.interception is None:
             return
         interception = ctx.interception
         assert flow.response is not None
@@ -290,7 +327,7 @@ def records_for(ctx: FlowContext, interception: Interception, summary: ResponseS
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cache_read_input_tokens=usage.cache_read_input_tokens,
             cache_write_input_tokens=usage.cache_write_input_tokens,
-            metadata=usage.metadata, created_at=now,
+            metadata={**usage.metadata, **interception.token_metadata}, created_at=now,
             provider=ctx.instance.type, model=interception.info.model or summary.model,
         ))
     for call in summary.tool_calls:

@@ -16,6 +16,7 @@ from addons.config import Settings
 from addons.records import Record
 from addons.store import db
 from addons.store.prices import Pricer
+from addons.store.views import create_views
 from addons.store.writer import RecordWriter, recover_open_interceptions
 
 log = logging.getLogger("aigw.recorder")
@@ -31,6 +32,7 @@ class Recorder:
     def open(self) -> None:
         """Open the database and start the writer; raises DatabaseLockedError early, before serving."""
         self.conn = db.connect(self.settings.db)
+        create_views(self.conn)
         recovered = recover_open_interceptions(self.conn, datetime.now(UTC))
         if recovered:
             log.warning("ended %d interception(s) left open by an earlier crash (status failed)", recovered)

@@ -277,27 +277,24 @@ def _line_chart(
     top, ticks = (top, 4) if top is not None else _nice_axis(max(present, default=0), 4)
     plot_h = _H - _MT - _MB
     slot = (_W_HALF - _ML - _MR) / max(len(buckets), 1)
-    parts = [_y_axis(top, fmt, _W_HALF, ticks)]
-    path: list[str] = []
-    area: list[tuple[float, float]] = []
+    segments: list[list[str]] = [[]]
+    dots: list[str] = []
     for k, v in enumerate(values):
-        if v is None:  # no requests that day: break the line rather than draw a fake zero
-            path.append("")
+        if v is None:  # no requests in this bucket: break the line rather than draw a fake zero
+            segments.append([])
             continue
         x = _ML + slot * (k + 0.5)
         y = _MT + plot_h - plot_h * min(v / top, 1)
-        path.append(f"{x:.1f},{y:.1f}")
-        area.append((x, y))
+        segments[-1].append(f"{x:.1f},{y:.1f}")
         tip = f"{_day_label(buckets[k], weekly)}: {fmt(v)}"
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" fill="{color}"><title>{_esc(tip)}</title></circle>')
-    for segment in " ".join(path).split("  "):
-        points = segment.split()
-        if len(points) > 1:
-            parts.insert(
-                1,
-                f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" stroke-width="2.2" '
-                'stroke-linejoin="round" stroke-linecap="round"/>',
-            )
+        dots.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" fill="{color}"><title>{_esc(tip)}</title></circle>')
+    lines = [
+        f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="2.2" '
+        'stroke-linejoin="round" stroke-linecap="round"/>'
+        for seg in segments
+        if len(seg) > 1
+    ]
+    parts = [_y_axis(top, fmt, _W_HALF, ticks), *lines, *dots]
     parts.append(_x_labels(buckets, weekly, _W_HALF))
     return _svg("".join(parts), label, _W_HALF)
 
@@ -378,28 +375,37 @@ def _per_bucket(data: _Data) -> list[dict[str, float]]:
 
 def _kpis(t: dict[str, Any]) -> str:
     prompt_tokens = t["input_tokens"] + t["cache_read_tokens"] + t["cache_write_tokens"]
-    cost_note = (
-        f'<span class="warn">+ {t["unpriced_responses"]:,} unpriced responses</span>'
-        if t["unpriced_responses"]
-        else "all responses priced"
-    )
-    cards = [
-        ("Requests", _int(t["requests"]), f"{t['sessions']:,} sessions"),
-        ("Users", _int(t["users"]), "active in period"),
-        ("Tokens", _compact(t["total_tokens"]), f"{_compact(t['output_tokens'])} output"),
-        ("Cost", _usd(t["cost_usd"]), cost_note),
-        ("Cache hit ratio", _pct(_ratio(t["cache_read_tokens"], prompt_tokens)), "of prompt tokens"),
+    unpriced = t["unpriced_responses"]
+    cards = [  # (label, value, note, note is a warning)
+        ("Requests", _int(t["requests"]), f"{t['sessions']:,} sessions", False),
+        ("Users", _int(t["users"]), "active in period", False),
+        ("Tokens", _compact(t["total_tokens"]), f"{_compact(t['output_tokens'])} output", False),
+        (
+            "Cost",
+            _usd(t["cost_usd"]),
+            f"+ {unpriced:,} unpriced responses"
+            if unpriced
+            else ("all responses priced" if t["cost_usd"] is not None else "nothing priced yet"),
+            bool(unpriced),
+        ),
+        ("Cache hit ratio", _pct(_ratio(t["cache_read_tokens"], prompt_tokens)), "of prompt tokens", False),
         (
             "Error rate",
             _pct(_ratio(t["failed"], t["requests"])),
             f"{t['failed']:,} failed · {t['cancelled']:,} cancelled",
+            False,
         ),
-        ("Tool calls", _int(t["tool_calls"]), f"{_pct(_ratio(t['tool_errors'], t['tool_calls']))} errored"),
+        (
+            "Tool calls",
+            _int(t["tool_calls"]),
+            f"{_pct(_ratio(t['tool_errors'], t['tool_calls']))} errored" if t["tool_calls"] else "none",
+            False,
+        ),
     ]
     body = "".join(
-        f'<div class="kpi"><div class="kpi-label">{_esc(a)}</div><div class="kpi-value">{_esc(b)}</div>'
-        f'<div class="kpi-note">{c if "<span" in c else _esc(c)}</div></div>'
-        for a, b, c in cards
+        f'<div class="kpi"><div class="kpi-label">{_esc(label)}</div><div class="kpi-value">{_esc(value)}</div>'
+        f'<div class="kpi-note{" warn" if warn else ""}">{_esc(note)}</div></div>'
+        for label, value, note, warn in cards
     )
     return f'<section class="kpis">{body}</section>'
 
@@ -460,25 +466,20 @@ def _top_charts(data: _Data) -> str:
 def _rate_charts(data: _Data) -> str:
     unit = "week" if data.weekly else "day"
     if not data.totals["requests"]:
-        return (
-            '<div class="grid2">'
-            + _card("Cache hit ratio", "", _EMPTY)
-            + _card("Error rate", "", _EMPTY)
-            + "</div>"
-        )
+        return '<div class="grid2">' + _card("Cache hit ratio", "", _EMPTY) + _card("Error rate", "", _EMPTY) + "</div>"
     acc = _per_bucket(data)
     cache = [
         _ratio(a["cache_read_tokens"], a["input_tokens"] + a["cache_read_tokens"] + a["cache_write_tokens"])
         for a in acc
     ]
-    errors = [_ratio(a["failed"] + a["cancelled"], a["requests"]) for a in acc]
+    errors = [_ratio(a["failed"], a["requests"]) for a in acc]
     fmt = lambda v: f"{v * 100:.0f}%"  # noqa: E731
     cache_svg = _line_chart(data.buckets, cache, fmt, "Cache hit ratio", data.weekly, OK_COLOR, top=1.0)
     err_svg = _line_chart(data.buckets, errors, fmt, "Error rate", data.weekly, ERR_COLOR)
     return (
         '<div class="grid2">'
         + _card("Cache hit ratio", f"cache-read share of prompt tokens per {unit}", cache_svg)
-        + _card("Error rate", f"failed + cancelled share of requests per {unit}", err_svg)
+        + _card("Error rate", f"share of requests that failed, per {unit} (cancellations excluded)", err_svg)
         + "</div>"
     )
 
@@ -604,7 +605,7 @@ h2.section{font-size:19px;margin:36px 0 12px}
 .kpi-label{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .kpi-value{font-size:24px;font-weight:650;margin:4px 0 2px;font-variant-numeric:tabular-nums}
 .kpi-note{color:var(--muted);font-size:12px}
-.warn{color:#b3261e}
+.kpi-note.warn{color:#b3261e}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px;margin-bottom:16px}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 .grid2 .card{margin-bottom:0}.grid2{margin-bottom:16px}

@@ -8,16 +8,17 @@ attaches a FlowContext to every flow that may go on.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 from mitmproxy import http
 
 from addons import context
-from addons.auth import KeyCache, bearer, presented_credential
+from addons.auth import Identity, KeyCache, bearer, presented_credential
 from addons.config import Instance, Settings
 from addons.context import FlowContext
-from addons.providers.base import Api, any_error
+from addons.providers.base import Api, Provider, Route, any_error
 from addons.providers.registry import PROVIDERS, error_body
 
 log = logging.getLogger("aigw.routing")
@@ -39,8 +40,9 @@ def split_gateway_path(path: str) -> tuple[str, str, str] | None:
 
 
 def is_gateway_request(flow: http.HTTPFlow) -> bool:
-    """Origin-form requests to the listener itself (not proxied ones)."""
-    return flow.request.first_line_format == "relative" and not context.is_tunnel(flow.client_conn)
+    """Origin-form requests to the listener itself (not proxied ones: tunnels, absolute-form)."""
+    return (flow.request.first_line_format == "relative" and not context.is_tunnel(flow.client_conn)
+            and not context.is_absolute_form(flow.request))
 
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> http.Response:
@@ -83,7 +85,8 @@ class Router:
             return
         provider = PROVIDERS[instance.type]
         api_path = provider.api_path(rest)
-        route = provider.route(flow.request.method, api_path) if api_path is not None else None
+        route = classify_route(provider, flow.request.method, api_path, flow.request.headers) \
+            if api_path is not None else None
         if route is None or api_path is None:
             flow.response = json_response(404, error_body(
                 instance.type, None, f"route not supported: {flow.request.method} {rest}", "not_found_error"))
@@ -97,31 +100,81 @@ class Router:
             flow.response = json_response(401, error_body(instance.type, api, why, "authentication_error"))
             return
         byok = byok_token is not None or instance.type == "copilot"
-        client_credential = presented_credential(flow.request.headers) if byok else None
-        if byok and byok_token is not None and not self.settings.allow_byok:
-            flow.response = json_response(403, error_body(
-                instance.type, api, "bring-your-own-key is disabled on this gateway", "permission_error"))
-            return
-        if byok and not client_credential:
-            flow.response = json_response(401, error_body(
-                instance.type, api, f"instance {instance.name!r} needs your own provider credential",
-                "authentication_error"))
-            return
-        if not byok and not instance.key and instance.bedrock is None:
-            flow.response = json_response(502, error_body(
-                instance.type, api, f"instance {instance.name!r} has no provider key configured; "
-                "send your own credential with the gateway key in X-Aigw-Token", "api_error"))
-            return
-        context.attach(flow, FlowContext(
-            instance=instance, provider=provider, route=route, api_path=api_path, query=query,
-            identity=identity, byok=byok, received_at=datetime.now(UTC),
-            client_credential=client_credential,
-        ))
-        if byok_token is None and not byok:
-            # The gateway key must not travel upstream.
-            flow.request.headers.pop("authorization", None)
-            flow.request.headers.pop("x-api-key", None)
-        flow.request.headers.pop(BYOK_HEADER, None)
+        credential = Credential(byok=byok, explicit=byok_token is not None,
+                                client_credential=presented_credential(flow.request.headers) if byok else None)
+        admit(flow, self.settings, instance, provider, route, api_path, query, identity, credential)
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Which credential a request carries upstream."""
+
+    byok: bool  # the client's own credential goes upstream untouched
+    explicit: bool  # the client chose BYOK (refused when BYOK is disabled); Copilot's is inherent
+    client_credential: str | None = None  # the BYOK credential (recorded only as a masked hint)
+
+
+# Where a client that must bring its own credential is told to put the gateway key.
+OWN_KEY_HINTS = {
+    "gateway": "send your own credential with the gateway key in X-Aigw-Token",
+    "proxy": "send your own provider credential (the gateway key travels as the proxy password)",
+}
+
+
+def admission_error(settings: Settings, instance: Instance, api: Api | None, credential: Credential,
+                    mode: str) -> http.Response | None:
+    """The one credential decision for gateway routes and the proxy: None, or the error to answer."""
+    if credential.byok and credential.explicit and not settings.allow_byok:
+        return json_response(403, error_body(
+            instance.type, api, "bring-your-own-key is disabled on this gateway", "permission_error"))
+    if credential.byok and not credential.client_credential:
+        return json_response(401, error_body(
+            instance.type, api, f"instance {instance.name!r} needs your own provider credential",
+            "authentication_error"))
+    if not credential.byok and not instance.key and instance.bedrock is None:
+        return json_response(502, error_body(
+            instance.type, api, f"instance {instance.name!r} has no provider key configured; "
+            f"{OWN_KEY_HINTS.get(mode, OWN_KEY_HINTS['gateway'])}", "api_error"))
+    return None
+
+
+def admit(flow: http.HTTPFlow, settings: Settings, instance: Instance, provider: Provider, route: Route,
+          api_path: str, query: str, identity: Identity, credential: Credential,
+          mode: str = "gateway") -> FlowContext | None:
+    """Admit an authenticated request to an instance route: attach its FlowContext, or answer the error."""
+    error = admission_error(settings, instance, route.api, credential, mode)
+    if error is not None:
+        flow.response = error
+        return None
+    ctx = FlowContext(
+        instance=instance, provider=provider, route=route, api_path=api_path, query=query,
+        identity=identity, byok=credential.byok, received_at=datetime.now(UTC),
+        client_credential=credential.client_credential, extra={"mode": mode},
+    )
+    context.attach(flow, ctx)
+    if not credential.byok:
+        # The gateway key must not travel upstream.
+        flow.request.headers.pop("authorization", None)
+        flow.request.headers.pop("x-api-key", None)
+    flow.request.headers.pop(BYOK_HEADER, None)
+    return ctx
+
+
+# Codex's Responses API over a WebSocket: relayed like a passthrough route; the
+# WebSocket recorder turns each `response.create` into one interception.
+WEBSOCKET_RESPONSES = Route(None, "/responses (websocket)")
+
+
+def is_websocket_upgrade(headers: http.Headers) -> bool:
+    return "websocket" in headers.get("upgrade", "").lower()
+
+
+def classify_route(provider: Provider, method: str, api_path: str, headers: http.Headers) -> Route | None:
+    """The route of a request on an instance; None: not supported."""
+    if (method == "GET" and api_path == "/responses" and provider.type in ("openai", "copilot")
+            and is_websocket_upgrade(headers)):
+        return WEBSOCKET_RESPONSES
+    return provider.route(method, api_path)
 
 
 def upstream_url(instance: Instance, api_path: str, query: str) -> str:
@@ -142,5 +195,6 @@ def inject_credential(flow: http.HTTPFlow, ctx: FlowContext) -> None:
         headers["authorization"] = f"Bearer {ctx.instance.key}"
 
 
-__all__ = ["Router", "bearer", "inject_credential", "is_gateway_request", "json_response",
-           "split_gateway_path", "upstream_url"]
+__all__ = ["WEBSOCKET_RESPONSES", "Credential", "Router", "admission_error", "admit", "bearer",
+           "classify_route", "inject_credential", "is_gateway_request", "json_response", "split_gateway_path",
+           "upstream_url"]

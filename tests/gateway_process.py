@@ -62,7 +62,9 @@ def aigw(args: Sequence[str], env: dict[str, str], cwd: Path, check: bool = True
 
 
 class Gateway:
-    def __init__(self, workdir: Path, env: dict[str, str], extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], extra_args: Sequence[str] = (),
+                 command: str = "serve") -> None:
+        self.command = command  # "serve" or "web"
         self.workdir = workdir
         self.port = free_port()
         self.db = workdir / "data" / "aibridge.duckdb"
@@ -84,9 +86,9 @@ class Gateway:
         return json.loads(out.stdout)["key"]
 
     def start(self) -> Gateway:
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, "ab")  # closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "addons.cli", "serve", *self.extra_args], env=self.env, cwd=self.workdir,
+            [sys.executable, "-m", "addons.cli", self.command, *self.extra_args], env=self.env, cwd=self.workdir,
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30

@@ -112,13 +112,18 @@ class Filters:
     status: str | None = None
 
 
-def validate_filters(f: Filters, known_instances: set[str]) -> None:
+def validate_filters(f: Filters, known_instances: set[str] | None) -> None:
     """Raise ValueError (one line) for filters that can only be a mistake.
 
-    `known_instances` are the configured instance names; a provider type is
-    accepted too.
+    `known_instances` are the configured instance names (a provider type is
+    accepted too); None skips that check.
     """
-    if f.provider is not None and f.provider not in known_instances and f.provider not in PROVIDER_TYPES:
+    if (
+        f.provider is not None
+        and known_instances is not None
+        and f.provider not in known_instances
+        and f.provider not in PROVIDER_TYPES
+    ):
         names = ", ".join(sorted(known_instances)) or "none configured"
         raise ValueError(f"unknown provider instance {f.provider!r} (known: {names})")
     if f.initiator_id is not None:
@@ -163,7 +168,7 @@ def build_filters(
         session_id=session_id,
         status=status,
     )
-    validate_filters(f, known_instances if known_instances is not None else {f.provider or ""})
+    validate_filters(f, known_instances)
     return f
 
 

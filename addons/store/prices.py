@@ -55,6 +55,7 @@ __all__ = [
 DEFAULT_OVERRIDES_PATH = Path(__file__).resolve().parents[2] / "config" / "prices.yaml"
 
 _PER_MTOK = 1_000_000
+_CACHE_MAX = 4096  # resolved (provider, model, tier) entries kept
 _PER_K = 1_000
 
 # Metadata keys for the Anthropic 5m/1h cache-write split (addons/wire/anthropic.py
@@ -297,6 +298,9 @@ class Pricer:
         except KeyError:
             pass
         rates = self._resolve(key[0], model, tier)
+        if len(self._cache) >= _CACHE_MAX:
+            # Model names come from clients; never let junk names grow memory without bound.
+            self._cache.clear()
         self._cache[key] = rates
         return rates
 
@@ -308,7 +312,7 @@ class Pricer:
         output_tokens: int,
         cache_read: int,
         cache_write: int,
-        metadata: dict,
+        metadata: Mapping[str, Any] | None,
     ) -> float | None:
         """USD cost of one token row, or None when the model's price is unknown.
 
@@ -347,9 +351,7 @@ class Pricer:
             except LookupError:
                 continue
             context = {"service_tier": tier} if tier else None
-            rates = _rates_from_model_price(
-                info.get_prices(now, context), f"genai-prices:{gp_provider.id}/{info.id}"
-            )
+            rates = _rates_from_model_price(info.get_prices(now, context), f"genai-prices:{gp_provider.id}/{info.id}")
             if rates is not None:
                 return rates
         return None
@@ -388,11 +390,7 @@ def _candidate_providers(provider: str, model: str) -> list[str | None]:
         candidates = [provider, None]
     else:
         candidates = [provider or None, None]
-    seen: list[str | None] = []
-    for c in candidates:
-        if c not in seen and (c is not None or model):
-            seen.append(c)
-    return seen
+    return list(dict.fromkeys(candidates))  # de-duplicated, order kept
 
 
 def _meta_int(meta: Mapping[str, Any], keys: Iterable[str]) -> int:
@@ -418,8 +416,10 @@ def missing_prices(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     Each dict: provider (type), model, instances (list of provider_name), requests
     (interceptions), tokens (all kinds), first_seen / last_seen (ISO 8601, UTC).
     """
-    rows = conn.cursor().execute(
-        """
+    rows = (
+        conn.cursor()
+        .execute(
+            """
         SELECT i.provider,
                i.model,
                list(DISTINCT i.provider_name ORDER BY i.provider_name) AS instances,
@@ -434,7 +434,9 @@ def missing_prices(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         GROUP BY i.provider, i.model
         ORDER BY tokens DESC, i.provider, i.model
         """
-    ).fetchall()
+        )
+        .fetchall()
+    )
     keys = ("provider", "model", "instances", "requests", "tokens", "first_seen", "last_seen")
     out = []
     for row in rows:

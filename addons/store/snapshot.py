@@ -58,11 +58,19 @@ def write_snapshot(conn: duckdb.DuckDBPyConnection, out_dir: Path, *, parquet: b
     tmp_parquet = out_dir / f".{SNAPSHOT_PARQUET}.tmp-{token}"
     with _LOCK:
         try:
+            # All fallible work happens on temporary names first ...
             _build(conn.cursor(), tmp_db, tmp_parquet if parquet else None, f"aigw_snapshot_{token}")
             _fsync(tmp_db)
-            os.replace(tmp_db, final_db)
-            if parquet:
-                _swap_dir(tmp_parquet, out_dir / SNAPSHOT_PARQUET)
+            # ... then only renames: Parquet swapped in, DB published, Parquet rolled back if that fails.
+            backup = _swap_in(tmp_parquet, out_dir / SNAPSHOT_PARQUET) if parquet else None
+            try:
+                _publish_db(tmp_db, final_db)
+            except BaseException:
+                if parquet:
+                    _restore(out_dir / SNAPSHOT_PARQUET, backup)
+                raise
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
         finally:
             _remove(tmp_db)
             _remove(Path(f"{tmp_db}.wal"))
@@ -138,25 +146,37 @@ def _time_column(cur: duckdb.DuckDBPyConnection, alias: str, table: str) -> str 
 
 def _has_table(cur: duckdb.DuckDBPyConnection, alias: str, table: str) -> bool:
     row = cur.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
-        "AND table_name = ?",
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' AND table_name = ?",
         [alias, table],
     ).fetchone()
     return bool(row and row[0])
 
 
-def _swap_dir(new: Path, current: Path) -> None:
-    """Replace `current` by `new` with two renames; the old tree is deleted afterwards."""
-    old = current.with_name(f".{current.name}.old-{uuid.uuid4().hex[:12]}")
+def _swap_in(new: Path, current: Path) -> Path | None:
+    """Move `current` aside and `new` into its place; returns the moved-aside path (or None)."""
+    backup = current.with_name(f".{current.name}.old-{uuid.uuid4().hex[:12]}")
     if current.exists():
-        os.replace(current, old)
+        os.replace(current, backup)
     try:
         os.replace(new, current)
-    except OSError:
-        if old.exists():  # put the previous snapshot back
-            os.replace(old, current)
+    except BaseException:
+        _restore(current, backup if backup.exists() else None)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    return backup if backup.exists() else None
+
+
+def _restore(current: Path, backup: Path | None) -> None:
+    """Undo `_swap_in`: put the previous tree back (or remove the new one if there was none)."""
+    if current.exists():
+        shutil.rmtree(current, ignore_errors=True)
+    if backup is not None:
+        os.replace(backup, current)
+
+
+def _publish_db(tmp_db: Path, final_db: Path) -> None:
+    # Atomic on POSIX: readers see the old file or the new one, never a mix;
+    # processes that still have the old file open keep reading the old inode.
+    os.replace(tmp_db, final_db)
 
 
 def _fsync(path: Path) -> None:

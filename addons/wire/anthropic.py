@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall
+from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall, typed_text
 from addons.wire.sse import SSEEvent
 
 # Text blocks a client adds to a user turn on its own (Claude Code's reminders).
@@ -35,7 +35,7 @@ def parse_request(body: dict[str, Any]) -> RequestInfo:
         return info
     content = last.get("content")
     if isinstance(content, str):
-        info.prompt = content if content.strip() else None
+        info.prompt = typed_text(content)
     elif isinstance(content, list):
         info.prompt = _last_typed_text(content)
         info.correlating_tool_call_id = _last_tool_result_id(content)
@@ -59,8 +59,8 @@ def _last_typed_text(blocks: list[Any]) -> str | None:
         if not isinstance(block, dict) or block.get("type") != "text":
             continue
         text = block.get("text")
-        if isinstance(text, str) and text.strip() and not is_injected_text(text):
-            return text
+        if isinstance(text, str) and not is_injected_text(text) and (typed := typed_text(text)):
+            return typed
     return None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from addons.wire.model import RequestInfo, ResponseSummary, TokenUsage, ToolCall
+from addons.wire.model import RequestInfo, ResponseSummary, TokenUsage, ToolCall, typed_text
 from addons.wire.sse import SSEEvent
 
 # Text parts a client adds to a user turn on its own.
@@ -56,15 +56,17 @@ def _trailing_turns(messages: list[Any]) -> list[dict[str, Any]]:
 
 def _typed_text(content: Any) -> str | None:
     if isinstance(content, str):
-        return content if content.strip() else None
+        return typed_text(content)
     if not isinstance(content, list):
         return None
     for part in reversed(content):
         if not isinstance(part, dict) or part.get("type") != "text":
             continue
         text = part.get("text")
-        if isinstance(text, str) and text.strip() and not text.lstrip().startswith(INJECTED_TEXT_PREFIXES):
-            return text
+        if isinstance(text, str) and not text.lstrip().startswith(INJECTED_TEXT_PREFIXES):
+            typed = typed_text(text)
+            if typed:
+                return typed
     return None
 
 

@@ -6,8 +6,18 @@ JSON body or a stream of events) into a `ResponseSummary`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# Context a client puts in front of what the person typed, in the same text (Copilot CLI's clock).
+_LEADING_CONTEXT = re.compile(r"\A\s*<current_datetime>[^<]*</current_datetime>\s*")
+
+
+def typed_text(text: str) -> str | None:
+    """`text` without the context a client prepends to it; None when nothing typed is left."""
+    typed = _LEADING_CONTEXT.sub("", text, count=1)
+    return typed if typed.strip() else None
 
 
 @dataclass(slots=True)

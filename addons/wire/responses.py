@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addons.wire.chat import as_int, compact_json_text, error_text, loads_object, str_or_none
-from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall
+from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall, typed_text
 from addons.wire.sse import SSEEvent
 
 # User-role input texts that clients inject as context rather than the person
@@ -74,7 +74,7 @@ def parse_request(body: dict[str, Any]) -> RequestInfo:
     info = RequestInfo(model=model if isinstance(model, str) else None, stream=bool(body.get("stream")))
     items = body.get("input")
     if isinstance(items, str):
-        info.prompt = items if items.strip() else None
+        info.prompt = typed_text(items)
     elif isinstance(items, list):
         info.prompt = _last_prompt(items)
         info.correlating_tool_call_id = _trailing_tool_output_id(items)
@@ -95,7 +95,7 @@ def _last_prompt(items: list[Any]) -> str | None:
         if not _is_message(item) or item.get("role") != "user":
             return None
         texts = _input_texts(item.get("content"))
-        typed = [text for text in texts if not is_injected_text(text)]
+        typed = [t for t in (typed_text(text) for text in texts if not is_injected_text(text)) if t]
         if typed:
             return typed[-1]
         if not texts:

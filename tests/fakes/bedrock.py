@@ -8,7 +8,7 @@
     fake.stop()
 
 Routes: POST /model/{id}/invoke, /invoke-with-response-stream, /converse,
-/converse-stream. Every request's signature is recomputed with botocore from
+/converse-stream, /count-tokens. Every request's signature is recomputed with botocore from
 the fake's own credentials; a mismatch (or a missing/unknown/expired one) is
 answered 403 with an AWS-style body and `x-amzn-ErrorType`, before any
 scripted reply is used. Without a queued reply each route answers a small
@@ -41,7 +41,10 @@ from tests.eventstream_encoder import chunk_frame, converse_frame
 SIGNING_NAME = "bedrock"
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)  # AWS rejects signatures older/newer than this
 
-_ROUTE = re.compile(r"/model/(?P<model>[^/]+)/(?P<op>invoke|invoke-with-response-stream|converse|converse-stream)")
+_ROUTE = re.compile(
+    r"/model/(?P<model>[^/]+)/(?P<op>invoke|invoke-with-response-stream|converse|converse-stream|count-tokens)"
+)
+COUNT_TOKENS = 42  # the canned CountTokens answer
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),\s*"
     r"Signature=(?P<sig>[0-9a-f]{64})$"
@@ -101,7 +104,7 @@ class Received:
     method: str
     path: str  # raw request target, as sent (model id still percent-encoded)
     model_id: str | None  # unquoted
-    operation: str | None  # invoke | invoke-with-response-stream | converse | converse-stream
+    operation: str | None  # invoke | invoke-with-response-stream | converse | converse-stream | count-tokens
     headers: dict[str, str]  # lower-cased names
     body: bytes
     auth_error: str | None  # None: signature verified
@@ -285,6 +288,8 @@ def default_reply(operation: str, model_id: str) -> Reply:
         return Reply.events([chunk_frame(e) for e in anthropic_events(model_id)])
     if operation == "converse":
         return Reply.json(converse_output())
+    if operation == "count-tokens":
+        return Reply.json({"inputTokens": COUNT_TOKENS})
     return Reply.events(list(converse_events()))
 
 

@@ -189,7 +189,7 @@ def test_scripted_http_errors(fake: FakeBedrock) -> None:
 def test_unsigned_and_unknown_routes(fake: FakeBedrock) -> None:
     assert httpx.post(f"{fake.base_url}/model/x/invoke", content=b"{}").status_code == 403
     assert fake.requests[0].auth_error == "MissingAuthenticationTokenException: Missing Authentication Token"
-    url = f"{fake.base_url}/model/x/count-tokens"
+    url = f"{fake.base_url}/model/x/no-such-operation"
     headers = sign(url, b"{}", {}, ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None), REGION)
     response = httpx.post(url, content=b"{}", headers=headers)
     assert response.status_code == 404 and response.headers["x-amzn-errortype"].startswith("UnknownOperation")

@@ -67,9 +67,7 @@ def test_long_context_tier_uses_total_prompt_size(pricer: Pricer) -> None:
 
 def test_tier_threshold_is_exclusive(pricer: Pricer) -> None:
     assert pricer.cost("anthropic", "claude-sonnet-4-5", 200_000, 0, 0, 0, {}) == pytest.approx(0.6)
-    assert pricer.cost("anthropic", "claude-sonnet-4-5", 200_001, 0, 0, 0, {}) == pytest.approx(
-        200_001 * 6 / 1e6
-    )
+    assert pricer.cost("anthropic", "claude-sonnet-4-5", 200_001, 0, 0, 0, {}) == pytest.approx(200_001 * 6 / 1e6)
 
 
 def test_bedrock_model_id_is_normalised(pricer: Pricer) -> None:
@@ -208,15 +206,11 @@ overrides:
     )
     p = Pricer(path)
     # 1000*2.55 + 800*12.75 + 20000*0.255 + 5000*3.1875 = 33_787.5 micro-dollars
-    assert p.cost("anthropic", "claude-sonnet-4-5-20250929", 1000, 800, 20_000, 5_000, {}) == pytest.approx(
-        0.0337875
-    )
+    assert p.cost("anthropic", "claude-sonnet-4-5-20250929", 1000, 800, 20_000, 5_000, {}) == pytest.approx(0.0337875)
     # provider must match: copilot traffic of the same model keeps the list price
     assert p.cost("copilot", "claude-sonnet-4-5", 1000, 800, 20_000, 5_000, {}) == pytest.approx(0.03975)
     # cache tokens without an override price are charged at the override's input price
-    assert p.cost("openai", "acme-coder", 1000, 1000, 1000, 1000, {}) == pytest.approx(
-        (3000 * 1 + 1000 * 2) / 1e6
-    )
+    assert p.cost("openai", "acme-coder", 1000, 1000, 1000, 1000, {}) == pytest.approx((3000 * 1 + 1000 * 2) / 1e6)
     assert p.rates("openai", "acme-coder").source == "override:*/acme-*"  # type: ignore[union-attr]
 
 

@@ -59,8 +59,7 @@ def test_session_id_fallbacks(db: tuple[duckdb.DuckDBPyConnection, SeedSummary])
     conn, _ = db
     rows = q(
         conn,
-        "SELECT client_session_id, thread_root_id::VARCHAR, id::VARCHAR, session_id "
-        "FROM aibridge_interceptions_v",
+        "SELECT client_session_id, thread_root_id::VARCHAR, id::VARCHAR, session_id FROM aibridge_interceptions_v",
     )
     kinds = Counter()
     for client_sid, root, iid, sid in rows:
@@ -88,8 +87,7 @@ def test_usage_daily_by_user_model_and_day(db: tuple[duckdb.DuckDBPyConnection, 
         u: (n, c, t)
         for u, n, c, t in q(
             conn,
-            "SELECT user_name, sum(requests), sum(cost_usd), sum(total_tokens) "
-            "FROM aibridge_usage_daily GROUP BY 1",
+            "SELECT user_name, sum(requests), sum(cost_usd), sum(total_tokens) FROM aibridge_usage_daily GROUP BY 1",
         )
     }
     assert {u: v[0] for u, v in by_user.items()} == dict(s.requests_by_user)

@@ -1,0 +1,63 @@
+"""Addon: publishes a read-only snapshot of the data for external tools.
+
+DuckDB allows one writing process, so the DuckDB CLI, Jupyter or a BI tool
+open a consistent copy instead: `<db dir>/snapshot/aibridge.duckdb` plus
+Parquet files partitioned by day, refreshed every `aigw_snapshot_interval`
+seconds and on demand (`aigw snapshot`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx
+
+from addons.config import Settings
+from addons.recorder import Recorder
+from addons.store.snapshot import write_snapshot
+
+log = logging.getLogger("aigw.snapshot")
+
+DEFAULT_INTERVAL = 300
+
+
+def snapshot_dir(settings: Settings) -> Path:
+    return settings.db.parent / "snapshot"
+
+
+class SnapshotPublisher:
+    def __init__(self, settings: Settings, recorder: Recorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.task: asyncio.Task[None] | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("aigw_snapshot_interval", int, DEFAULT_INTERVAL,
+                          "Seconds between read-only snapshots for external tools (0: only on demand).")
+
+    def running(self) -> None:
+        if ctx.options.aigw_snapshot_interval > 0:
+            self.task = asyncio.get_running_loop().create_task(self.loop())
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.aigw_snapshot_interval)
+            await self.publish()
+
+    async def publish(self) -> None:
+        conn = self.recorder.conn
+        if conn is None:
+            return
+        try:
+            path = await asyncio.to_thread(write_snapshot, conn.cursor(), snapshot_dir(self.settings))
+        except Exception as e:
+            log.warning("snapshot failed (the previous one is intact): %s", e)
+        else:
+            log.debug("snapshot written to %s", path)
+
+    def done(self) -> None:
+        if self.task is not None:
+            self.task.cancel()

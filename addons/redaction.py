@@ -1,0 +1,134 @@
+"""Credential redaction shared by raw dumps and the mitmweb UI.
+
+Pure functions, no mitmproxy imports: a header keeps its name and loses its
+value ("Authorization: Bearer [REDACTED]"), URL query parameters that carry
+credentials lose their values, and known secret values are scrubbed from any
+other text (bodies, command results) that could echo them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from addons.config import Settings
+
+REDACTED = "[REDACTED]"
+_REDACTED_B = REDACTED.encode()
+
+# Headers whose whole value is a credential. Names are compared lower-cased.
+SENSITIVE_HEADERS = frozenset({
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",  # Azure OpenAI
+    "x-goog-api-key",
+    "x-aigw-token",  # the gateway key on BYOK requests
+    "cookie",
+    "set-cookie",
+    "x-amz-security-token",
+    "x-amz-signature",
+    "x-amz-credential",
+})
+# Anything else that looks like a credential by name (x-github-token, x-client-secret, …).
+_SENSITIVE_NAME = re.compile(r"token|secret|passw|api-?key|credential|signature", re.IGNORECASE)
+# Headers that carry a scheme before the credential; the scheme helps debugging and is not secret.
+_SCHEMED = frozenset({"authorization", "proxy-authorization"})
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9._~+/-]*)\s+\S")
+
+_SENSITIVE_QUERY = frozenset({
+    "key", "api_key", "api-key", "apikey", "token", "access_token", "refresh_token", "id_token", "auth",
+    "sig", "signature", "x-amz-signature", "x-amz-security-token", "x-amz-credential", "password",
+    "secret", "client_secret", "code",
+})
+
+# Secrets shorter than this are not scrubbed by value: they would mangle ordinary text.
+MIN_SECRET_LENGTH = 8
+
+
+def is_sensitive_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SENSITIVE_HEADERS or _SENSITIVE_NAME.search(lowered) is not None
+
+
+def redact_header_value(name: str, value: str) -> str:
+    """The value to show for header `name`: unchanged, or redacted with its scheme kept."""
+    if not value or not is_sensitive_header(name):
+        return value
+    if name.lower() in _SCHEMED and (m := _SCHEME.match(value)):
+        return f"{m.group(1)} {REDACTED}"
+    return REDACTED
+
+
+def redact_headers(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, redact_header_value(name, value)) for name, value in fields]
+
+
+def redact_query(query: str) -> str:
+    """`a=1&key=s3cret` -> `a=1&key=[REDACTED]`; order and everything else untouched."""
+    if not query:
+        return query
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, eq, value = part.partition("=")
+        if eq and value and name.lower() in _SENSITIVE_QUERY:
+            parts[i] = f"{name}={REDACTED}"
+    return "&".join(parts)
+
+
+def redact_url(url: str) -> str:
+    """Redact credential query parameters and userinfo (`user:pass@`) of a URL or path."""
+    base, sep, rest = url.partition("?")
+    fragment = ""
+    if "#" in rest:
+        rest, _, frag = rest.partition("#")
+        fragment = "#" + frag
+    scheme, dsep, after = base.partition("://")
+    if dsep:
+        authority, slash, path = after.partition("/")
+        if "@" in authority:
+            authority = REDACTED + "@" + authority.rpartition("@")[2]
+        base = f"{scheme}://{authority}{slash}{path}"
+    return base + (sep + redact_query(rest) if sep else "") + fragment
+
+
+def credential_values(fields: Iterable[tuple[str, str]]) -> set[str]:
+    """The secret values a set of headers carries (the credential with and without its scheme)."""
+    out: set[str] = set()
+    for name, value in fields:
+        if not value or not is_sensitive_header(name):
+            continue
+        out.add(value)
+        if name.lower() in _SCHEMED and _SCHEME.match(value):
+            out.add(value.split(None, 1)[1].strip())
+    return {s for s in out if len(s) >= MIN_SECRET_LENGTH}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each secret in `text`."""
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_LENGTH and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def scrub_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
+    for secret in secrets:
+        if len(secret) < MIN_SECRET_LENGTH:
+            continue
+        raw = secret.encode("utf-8", "surrogateescape")
+        if raw in data:
+            data = data.replace(raw, _REDACTED_B)
+    return data
+
+
+def configured_secrets(settings: Settings) -> frozenset[str]:
+    """Every secret the configuration holds (provider keys, AWS keys), to scrub by value."""
+    out: set[str] = set()
+    for instance in settings.instances:
+        out.update(instance.keys)
+        if instance.bedrock is not None:
+            out.update(s for s in (instance.bedrock.access_key, instance.bedrock.access_key_secret) if s)
+    return frozenset(s for s in out if len(s) >= MIN_SECRET_LENGTH)

@@ -1,0 +1,53 @@
+"""How an instance's upstream request and response are shaped.
+
+The Interceptor owns what every provider shares (authentication already done
+by the router, interception records, the body size limit). What differs per
+upstream — where the request goes, how it is authenticated, how the response
+body reaches the client — is an `Upstream` strategy chosen per flow:
+
+- the provider's own API (`intercept.DirectUpstream`): point the request at
+  the base URL, inject the provider key, tap SSE as it passes;
+- Amazon Bedrock (`bedrock.BedrockUpstream`): rewrite to InvokeModel, SigV4
+  sign, convert the binary event stream to Anthropic SSE, translate AWS errors.
+
+Strategies never touch the store; they put what should be recorded on the
+interception (`metadata`, `token_metadata`, `parser`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from addons.context import FlowContext
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The upstream cannot take this request; the client gets this error in its API's shape."""
+
+    status: int
+    message: str  # never contains a secret
+    error_type: str  # Anthropic's vocabulary (mapped for OpenAI clients by `error_body`)
+
+
+class Upstream(Protocol):
+    def forward(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any] | None) -> Refusal | None:
+        """`request` hook: send the flow to the upstream with the right credential.
+
+        `body` is the parsed JSON of an intercepted route (already started as an
+        interception), None for passthrough routes.
+        """
+        ...
+
+    def response_headers(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
+        """`responseheaders` hook: choose how the body passes (set `flow.response.stream`
+        and the interception's parser), or leave it buffered for `response`."""
+        ...
+
+    def response(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
+        """`response` hook, before records are built: reshape a buffered body (e.g. errors)."""
+        ...

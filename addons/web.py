@@ -1,0 +1,337 @@
+"""`aigw web`: the gateway under mitmweb, safe to show to debuggers.
+
+Three parts:
+
+- `AigwWebMaster` — mitmweb's master with everything it sends to the browser
+  redacted: the flow list and live updates (`flow_to_json`), the flow dump
+  download, body content and content views, and command results. Credential
+  headers keep their name and lose their value; known secret values (the
+  configured provider keys, and whatever credential a flow carries) are
+  scrubbed from any text. Only this master is patched; `aigw serve` (mitmdump)
+  serializes nothing.
+- `WebUi` addon — comments on each flow (user, instance, model, status,
+  tokens), a mark on failed interceptions, the flow bound
+  (`aigw_web_max_flows`: mitmweb keeps every flow in memory otherwise), and
+  once a request has left for upstream, the credential headers in the kept
+  flow are replaced by their redacted form, so a replay or edit from the UI
+  cannot reuse the organisation's key.
+- The UI is protected by mitmweb's `web_password` option (a random token is
+  generated and logged when it is unset).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from mitmproxy import ctx as mitm_ctx
+from mitmproxy import flow as mflow
+from mitmproxy import http, options
+from mitmproxy.tools.web import app
+from mitmproxy.tools.web.master import WebMaster
+
+from addons import context, redaction
+
+log = logging.getLogger("aigw.web")
+
+DEFAULT_MAX_FLOWS = 2000
+FAILED_MARK = ":x:"
+WEB_COLUMNS = ["tls", "icon", "path", "method", "status", "size", "time", "comment"]
+
+
+# --------------------------------------------------------------------------- redaction of what the UI sees
+
+
+def _redact_pairs(pairs: Iterable[Any]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, redaction.redact_header_value(name, value)) for name, value in pairs)
+
+
+def redact_flow_json(data: dict[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """Redact a `flow_to_json` result in place (headers, trailers, credentials in the URL)."""
+    secrets = tuple(secrets)
+    request = data.get("request")
+    if isinstance(request, dict) and "headers" in request:  # HTTP (DNS flows have no headers)
+        request["headers"] = _redact_pairs(request["headers"])
+        if "trailers" in request:
+            request["trailers"] = _redact_pairs(request["trailers"])
+        if isinstance(request.get("path"), str):
+            request["path"] = redaction.scrub(redaction.redact_url(request["path"]), secrets)
+    response = data.get("response")
+    if isinstance(response, dict) and "headers" in response:
+        response["headers"] = _redact_pairs(response["headers"])
+        if "trailers" in response:
+            response["trailers"] = _redact_pairs(response["trailers"])
+    if isinstance(data.get("comment"), str) and secrets:
+        data["comment"] = redaction.scrub(data["comment"], secrets)
+    return data
+
+
+def flow_secrets(f: mflow.Flow, base: Iterable[str] = ()) -> set[str]:
+    """Configured secrets plus the credential values this flow carries."""
+    out = set(base)
+    if isinstance(f, http.HTTPFlow):
+        out |= redaction.credential_values(f.request.headers.items(multi=True))
+        if f.response is not None:
+            out |= redaction.credential_values(f.response.headers.items(multi=True))
+    return out
+
+
+def redact_headers_in_place(headers: http.Headers) -> None:
+    for name in {n.lower() for n in headers}:
+        if redaction.is_sensitive_header(name):
+            values = headers.get_all(name)
+            headers.set_all(name, [redaction.redact_header_value(name, v) for v in values])
+
+
+def redacted_copy(f: mflow.Flow, secrets: Iterable[str]) -> mflow.Flow:
+    """A copy of the flow fit for export: credential headers redacted, secrets scrubbed from bodies."""
+    secrets = flow_secrets(f, secrets)
+    dup = f.copy()
+    if isinstance(dup, http.HTTPFlow):
+        for message in (dup.request, dup.response):
+            if message is None:
+                continue
+            redact_headers_in_place(message.headers)
+            if message.raw_content:
+                message.raw_content = redaction.scrub_bytes(message.raw_content, secrets)
+        dup.request.url = redaction.redact_url(dup.request.url)
+    return dup
+
+
+def scrub_value(value: Any, secrets: Iterable[str]) -> Any:
+    """Scrub secrets from any JSON-like value (command results)."""
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return redaction.scrub(value, secrets)
+    if isinstance(value, bytes):
+        return redaction.scrub_bytes(value, secrets)
+    if isinstance(value, list | tuple):
+        return [scrub_value(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub_value(v, secrets) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- the UI's HTTP handlers
+
+
+class _Flows(app.Flows):
+    def get(self) -> None:
+        master: AigwWebMaster = self.master  # type: ignore[assignment]
+        self.write([master.flow_json(f) for f in self.view])
+
+
+class _DumpFlows(app.DumpFlows):
+    def get(self) -> None:
+        # Serialize redacted copies instead of the live flows.
+        master: AigwWebMaster = self.master  # type: ignore[assignment]
+        view = master.view
+        original = list(view)
+        self.set_header("Content-Disposition", "attachment; filename=flows")
+        self.set_header("Content-Type", "application/octet-stream")
+        from io import BytesIO
+
+        from mitmproxy import flowfilter, io
+
+        try:
+            match = flowfilter.parse(self.request.arguments["filter"][0].decode())
+        except ValueError:
+            raise app.APIError(400, "Invalid filter argument / regex") from None
+        except (KeyError, IndexError):
+            match = None
+        with BytesIO() as bio:
+            writer = io.FlowWriter(bio)
+            for f in original:
+                if match is None or match(f):
+                    writer.add(redacted_copy(f, master.secrets))
+            self.write(bio.getvalue())
+
+
+class _FlowContent(app.FlowContent):
+    def get(self, flow_id: str, message: str) -> None:
+        master: AigwWebMaster = self.master  # type: ignore[assignment]
+        # Let mitmweb build the response, then scrub what it wrote.
+        super().get(flow_id, message)
+        self._write_buffer = [redaction.scrub_bytes(b"".join(self._write_buffer),
+                                                    flow_secrets(self.flow, master.secrets))]
+
+
+class _FlowContentView(app.FlowContentView):
+    def message_to_json(self, view_name: str, message: Any, flow: Any, max_lines: int | None = None,
+                        from_client: bool | None = None, timestamp: float | None = None) -> dict[str, Any]:
+        master: AigwWebMaster = self.master  # type: ignore[assignment]
+        out = super().message_to_json(view_name, message, flow, max_lines, from_client, timestamp)
+        out["text"] = redaction.scrub(out.get("text") or "", flow_secrets(flow, master.secrets))
+        return out
+
+
+class _ExecuteCommand(app.ExecuteCommand):
+    def write(self, chunk: Any) -> None:
+        # Command results (e.g. `export curl @focus`, `cut … request.headers`) can echo any header.
+        if isinstance(chunk, dict) and "value" in chunk:
+            master: AigwWebMaster = self.master  # type: ignore[assignment]
+            chunk = {**chunk, "value": scrub_value(chunk["value"], master.all_secrets())}
+            chunk["value"] = _redact_header_text(chunk["value"])
+        super().write(chunk)
+
+
+_HEADER_TEXT = re.compile(r"([A-Za-z0-9_-]+):[ \t]*([^\r\n'\"]+)")
+
+
+def _redact_header_text(value: Any) -> Any:
+    """Redact `Name: value` credential headers in exported text (raw HTTP, curl, httpie)."""
+    if isinstance(value, list):
+        return [_redact_header_text(v) for v in value]
+    if not isinstance(value, str) or ":" not in value:
+        return value
+
+    def one(m: re.Match[str]) -> str:
+        name, val = m.group(1), m.group(2)
+        if not redaction.is_sensitive_header(name):
+            return m.group(0)
+        return m.group(0).replace(val, redaction.redact_header_value(name, val.strip()), 1)
+
+    return _HEADER_TEXT.sub(one, value)
+
+
+_OVERRIDES = [
+    (r"/flows(?:\.json)?", _Flows),
+    (r"/flows/dump", _DumpFlows),
+    (r"/flows/(?P<flow_id>[0-9a-f\-]+)/(?P<message>request|response|messages)/content.data", _FlowContent),
+    (r"/flows/(?P<flow_id>[0-9a-f\-]+)/(?P<message>request|response|messages)/content/"
+     r"(?P<content_view>[0-9a-zA-Z\-\_%]+)(?:\.json)?", _FlowContentView),
+    (r"/commands/(?P<cmd>[a-z.]+)", _ExecuteCommand),
+]
+
+
+# --------------------------------------------------------------------------- master
+
+
+class AigwWebMaster(WebMaster):
+    """mitmweb's master, redacting everything it serializes for the browser."""
+
+    def __init__(self, opts: options.Options, secrets: Iterable[str] = ()) -> None:
+        super().__init__(opts, with_termlog=False)
+        self.secrets = frozenset(secrets)
+        # Our handlers are matched before mitmweb's own (tornado tries host rules in order).
+        self.app.add_handlers(r".*$", _OVERRIDES)
+        opts.update(web_columns=WEB_COLUMNS)
+
+    def flow_json(self, f: mflow.Flow) -> dict[str, Any]:
+        return redact_flow_json(app.flow_to_json(f), flow_secrets(f, self.secrets))
+
+    def all_secrets(self) -> set[str]:
+        out = set(self.secrets)
+        for f in self.view:
+            out |= flow_secrets(f)
+        return out
+
+    def _broadcast(self, kind: str, f: mflow.Flow) -> None:
+        flow_json = self.flow_json(f)
+        for conn in list(app.ClientConnection.connections):
+            conn._broadcast_flow(kind, f, flow_json)  # type: ignore[arg-type]
+
+    def _sig_view_add(self, flow: mflow.Flow) -> None:
+        self._broadcast("flows/add", flow)
+
+    def _sig_view_update(self, flow: mflow.Flow) -> None:
+        self._broadcast("flows/update", flow)
+
+
+# --------------------------------------------------------------------------- addon
+
+
+def comment_for(flow: http.HTTPFlow) -> str:
+    """`alice · anthropic · claude-sonnet-4-5 · completed · in 25 out 12 cache r100 w7`."""
+    ctx = context.get(flow)
+    if ctx is None:
+        return ""
+    parts = [ctx.identity.user_name, ctx.instance.name]
+    interception = ctx.interception
+    if interception is None:
+        parts.append("passthrough")
+        return " · ".join(parts)
+    summary = interception.summary
+    model = interception.info.model or (summary.model if summary is not None else None)
+    parts.append(model or "?")
+    status = flow.metadata.get("aigw_status")
+    parts.append(str(status) if status else "in flight")
+    usage = summary.usage if summary is not None else None
+    if usage is not None:
+        tokens = f"in {usage.input_tokens} out {usage.output_tokens}"
+        if usage.cache_read_input_tokens or usage.cache_write_input_tokens:
+            tokens += f" cache r{usage.cache_read_input_tokens} w{usage.cache_write_input_tokens}"
+        parts.append(tokens)
+    return " · ".join(parts)
+
+
+class WebUi:
+    """Addon (aigw web only): flow comments, failure marks, the flow bound, credential scrubbing."""
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("aigw_web_max_flows", int, DEFAULT_MAX_FLOWS,
+                          "aigw web: keep at most this many flows in the UI (oldest finished flows are "
+                          "dropped; mitmweb holds every flow in memory). 0: unbounded.")
+
+    def configure(self, updated: set[str]) -> None:
+        from mitmproxy import exceptions
+
+        if "aigw_web_max_flows" in updated and mitm_ctx.options.aigw_web_max_flows < 0:
+            raise exceptions.OptionsError("aigw_web_max_flows must be 0 (unbounded) or positive")
+
+    # -- the bound -----------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.trim()
+
+    def trim(self) -> int:
+        limit = mitm_ctx.options.aigw_web_max_flows
+        view = getattr(mitm_ctx.master, "view", None)
+        if view is None or limit <= 0:
+            return 0
+        excess = view.store_count() - limit
+        if excess <= 0:
+            return 0
+        victims = []
+        for f in list(view._store.values()):  # oldest first (insertion order)
+            if len(victims) >= excess:
+                break
+            if not f.live:  # removing a live flow would kill it
+                victims.append(f)
+        if victims:
+            view.remove(victims)
+        return len(victims)
+
+    # -- comments and marks ----------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.annotate(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.scrub_sent_request(flow)
+        self.annotate(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.scrub_sent_request(flow)
+        self.annotate(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.scrub_sent_request(flow)
+        self.annotate(flow)
+
+    def annotate(self, flow: http.HTTPFlow) -> None:
+        comment = comment_for(flow)
+        if comment:
+            flow.comment = comment
+        if flow.metadata.get("aigw_status") == "failed" and not flow.marked:
+            flow.marked = FAILED_MARK
+
+    @staticmethod
+    def scrub_sent_request(flow: http.HTTPFlow) -> None:
+        # The request has gone upstream: the kept copy no longer needs the credential.
+        redact_headers_in_place(flow.request.headers)
+
+
+__all__ = ["DEFAULT_MAX_FLOWS", "AigwWebMaster", "WebUi", "comment_for", "redact_flow_json", "redacted_copy"]
