@@ -25,6 +25,7 @@ _USER_AGENTS: tuple[tuple[str, str], ...] = (
     ("crush", "Crush"),
     ("mux/", "Mux"),
     ("litellm", "LiteLLM"),
+    ("anthropicbedrock/python", "Anthropic SDK (Python)"),  # AnthropicBedrock/Python <v>
     ("anthropic/python", "Anthropic SDK (Python)"),
     ("anthropic/js", "Anthropic SDK (JS)"),
     ("openai/python", "OpenAI SDK (Python)"),

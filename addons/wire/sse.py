@@ -48,8 +48,36 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
+        if (not self._buf and not self._at_stream_start and chunk[-2:] == b"\n\n" and chunk[0] != 0x0A
+                and b"\r" not in chunk and b"\n\n\n" not in chunk):
+            return self._whole_blocks(chunk)
         self._buf += chunk
         return self._drain(final=False)
+
+    def _whole_blocks(self, chunk: bytes) -> list[SSEEvent]:
+        """Fast path (the usual network chunk): nothing buffered, LF-only, ends on a block boundary,
+        no empty blocks. Same events as `_drain`, without copying through the buffer."""
+        blocks = chunk[:-2].split(b"\n\n")
+        events: list[SSEEvent] = []
+        for block in blocks:
+            name: str | None = None
+            data: list[bytes] = []
+            for line in block.split(b"\n"):
+                if line[0] == 0x3A:  # comment (lines are never empty here)
+                    continue
+                field_name, sep, value = line.partition(b":")
+                if sep and value[:1] == b" ":
+                    value = value[1:]
+                if field_name == b"data":
+                    data.append(value)
+                elif field_name == b"event":
+                    name = value.decode("utf-8", "replace")
+            events.append(SSEEvent(
+                name,
+                (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace") if data else None,
+                chunk if len(blocks) == 1 else block + b"\n\n",
+            ))
+        return events
 
     def close(self) -> list[SSEEvent]:
         events = self._drain(final=True)
