@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import ssl
+import stat
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,14 +45,14 @@ def fix_permissions(confdir: Path) -> None:
     for name in SECRET_FILES:
         path = confdir / name
         if path.exists() and path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-    for name in PUBLIC_FILES:
-        path = confdir / name
-        if path.exists() and path.stat().st_mode & 0o044 != 0o044:
-            try:
-                os.chmod(path, 0o644)
-            except PermissionError:  # not ours: leave it
-                pass
+            os.chmod(path, 0o600)  # fails loudly if not ours: a CA key others can read is not acceptable
+    for path, mode in ((confdir, 0o055), *((confdir / name, 0o044) for name in PUBLIC_FILES)):
+        try:
+            current = stat.S_IMODE(path.stat().st_mode)
+            if current & mode != mode:
+                os.chmod(path, current | mode)
+        except (FileNotFoundError, PermissionError):  # absent, or not ours: leave it
+            pass
 
 
 def root_certificates() -> list[bytes]:

@@ -41,8 +41,8 @@ _SESSION_HEADERS: tuple[str, ...] = (
     "x-claude-code-session-id",
     "session_id",
     "session-id",
+    "x-client-session-id",  # Copilot CLI sends both; this one spans the session
     "x-interaction-id",
-    "x-client-session-id",
     "x-kilocode-taskid",
     "x-mux-workspace-id",
     "x-coder-chat-id",

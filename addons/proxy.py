@@ -37,15 +37,17 @@ from mitmproxy import connection, exceptions, http, tls
 from mitmproxy import ctx as mitm_ctx
 from mitmproxy.proxy import server_hooks
 
-from addons import context
+from addons import context, metrics
 from addons.auth import Identity, KeyCache, presented_credential
+from addons.bedrock import client_aws_credential, native_instance
 from addons.config import Instance, Settings
 from addons.providers.base import Api, any_error
-from addons.providers.registry import PROVIDERS, error_body
+from addons.providers.registry import BEDROCK, PROVIDERS, error_body
 from addons.proxy_policy import (
     DEFAULT_PORTS,
     HostMap,
     IPAddress,
+    Match,
     ProxyAuthError,
     allowed_addresses,
     blocked_reason,
@@ -252,30 +254,31 @@ class ProxyAuth:
         flow.request.headers.pop(HOP_HEADER, None)  # never forwarded
         try:
             secret = proxy_password(header)
+            identity = self.keys.authenticate(secret, datetime.now(UTC))
+            if identity is None:
+                raise ProxyAuthError("invalid, revoked or expired gateway key in the proxy password")
         except ProxyAuthError as e:
             flow.response = proxy_auth_required(str(e))
-            return None
-        identity = self.keys.authenticate(secret, datetime.now(UTC))
-        if identity is None:
-            flow.response = proxy_auth_required("invalid, revoked or expired gateway key in the proxy password")
+            metrics.PROXY_AUTH_FAILURES.inc()
+            log.info("proxy: 407 for %s %s from %s: %s", flow.request.method, flow.request.pretty_host,
+                     flow.client_conn.peername[0] if flow.client_conn.peername else "?", e)
             return None
         return ProxyAuthResult(identity, secret)
 
     async def admit_target(self, flow: http.HTTPFlow, host: str, port: int) -> bool:
         """Port and address policy for a destination the client named; False with a 403/502 set."""
+        refusal: Refusal | None = None
         if port not in self.ports:
             allowed = ", ".join(map(str, sorted(self.ports)))
-            flow.response = proxy_error(403, f"port {port} is not allowed through this proxy (allowed: {allowed})",
-                                        "permission_error")
-            return False
-        if self.state.host_map.decrypts(host):
-            return True  # rewritten to an instance base URL: never dialled by name
-        refusal = await self.guard.check(flow.client_conn, host, port)
-        if refusal is not None:
-            flow.response = proxy_error(refusal.status, refusal.message,
-                                        "permission_error" if refusal.status == 403 else "api_error")
-            return False
-        return True
+            refusal = Refusal(403, f"port {port} is not allowed through this proxy (allowed: {allowed})")
+        elif not self.state.host_map.decrypts(host):  # decrypted hosts go to an instance, never dialled by name
+            refusal = await self.guard.check(flow.client_conn, host, port)
+        if refusal is None:
+            return True
+        flow.response = proxy_error(refusal.status, refusal.message,
+                                    "permission_error" if refusal.status == 403 else "api_error")
+        log.info("proxy: refused %s %s:%d: %s", flow.request.method, host, port, refusal.message)
+        return False
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -285,14 +288,13 @@ class ProxyAuth:
             return
         host, port = normalise_host(flow.request.host), flow.request.port
         if not await self.admit_target(flow, host, port):
-            log.info("proxy: refused CONNECT %s:%d for %s: %s", host, port, auth.identity.user_name,
-                     flow.response.status_code if flow.response else "?")
             return
-        decrypted = self.state.host_map.decrypts(host)
+        decrypted = self.state.host_map.decrypts(host) or self.state.host_map.is_native_bedrock(host)
         self.state.tunnels[flow.client_conn] = Tunnel(host, port, auth.identity, auth.secret, decrypted)
         context.mark_tunnel(flow.client_conn, auth.identity)
         flow.metadata["aigw_user"] = auth.identity.user_name
         flow.metadata["aigw_tunnel"] = "decrypted" if decrypted else "tunnelled"
+        metrics.PROXY_CONNECTS.labels(type="mitm" if decrypted else "tunneled").inc()
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not context.is_absolute_form(flow.request):
@@ -365,6 +367,9 @@ class ProxyRouter:
         flow.request.headers.pop(HOP_HEADER, None)
         path, sep, query = flow.request.path.partition("?")
         match = self.state.host_map.match(host, path)
+        if self.state.host_map.is_native_bedrock(host):
+            self.route_bedrock(flow, host, path, sep + query, match, secret)
+            return
         if match is None:
             self.relay(flow)  # not an AI host: relayed untouched (address-guarded at dial time)
             return
@@ -390,6 +395,27 @@ class ProxyRouter:
         credential = self.credential(instance, route.api, flow.request.headers, secret)
         admit(flow, self.settings, instance, provider, route, match.api_path, sep + query, identity, credential,
               mode="proxy")
+
+    def route_bedrock(self, flow: http.HTTPFlow, host: str, path: str, query: str, match: Match | None,
+                      secret: str) -> None:
+        """Bedrock-native clients (boto3, AnthropicBedrock, Claude Code on Bedrock): recorded, and re-signed
+        by the instance claiming the host (centralized), else sent with their own signature (BYOK)."""
+        identity = self.keys.authenticate(secret, datetime.now(UTC))
+        if identity is None:
+            flow.response = json_response(401, error_body(
+                "bedrock", None, "the gateway key in the proxy password was revoked or has expired",
+                "authentication_error"))
+            return
+        flow.metadata["aigw_user"] = identity.user_name
+        route = BEDROCK.route(flow.request.method, path)
+        assert route is not None  # every path has a route (passthrough when not recorded)
+        if match is not None:
+            instance, credential = match.instance, Credential(byok=False, explicit=False)
+        else:
+            instance = native_instance(host)
+            credential = Credential(byok=True, explicit=True,
+                                    client_credential=client_aws_credential(flow.request.headers))
+        admit(flow, self.settings, instance, BEDROCK, route, path, query, identity, credential, mode="proxy")
 
     def credential(self, instance: Instance, api: Api | None, headers: http.Headers, secret: str) -> Credential:
         """The request's own credential decides: none or the gateway key -> the instance key; else BYOK."""

@@ -18,7 +18,12 @@ The host → instance rule (also in the README):
    ``api.individual.githubcopilot.com`` does not swallow Enterprise traffic it could
    not serve. Kinds: ``anthropic``, ``openai`` (not named ``chatgpt``), ``copilot``,
    and ``chatgpt`` (the ``openai`` instance named ``chatgpt``).
-3. Every other host is tunnelled without decryption. With ``enabled=false``
+3. **Amazon Bedrock runtime hosts** (``bedrock-runtime[-fips].<region>.amazonaws.com[.cn]``)
+   are always decrypted, so Bedrock-native clients are recorded. An instance with
+   Bedrock settings claims the runtime host of its region (and its Bedrock base URL's
+   host when that is one): requests there are re-signed with its credentials. Other
+   runtime hosts are reached as the client named them, with its own signature (BYOK).
+4. Every other host is tunnelled without decryption. With ``enabled=false``
    nothing is decrypted.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -96,9 +102,15 @@ class Match:
 @dataclass(frozen=True, slots=True)
 class HostMap:
     targets: dict[str, tuple[Target, ...]]  # host -> candidates, preferred first
+    native_bedrock: bool = False  # rule 3: decrypt every Bedrock runtime host
 
     def decrypts(self, host: str) -> bool:
+        """Hosts an instance serves (requests are rewritten to it: never dialled by name)."""
         return normalise_host(host) in self.targets
+
+    def is_native_bedrock(self, host: str) -> bool:
+        """A Bedrock runtime host (rule 3): decrypted, claimed by an instance or not."""
+        return self.native_bedrock and is_bedrock_runtime_host(host)
 
     def match(self, host: str, path: str) -> Match | None:
         """The instance for a request on `host` with `path` (no query); None if the host is not decrypted."""
@@ -127,6 +139,10 @@ def build_host_map(settings: Settings) -> HostMap:
         host, path = _base_parts(instance)
         if host:
             targets.setdefault(host, []).append(Target(instance, path, "base URL host"))
+    for instance in settings.instances:
+        for host in bedrock_hosts(instance):
+            if host not in targets:
+                targets[host] = [Target(instance, "", "Bedrock runtime host")]
     for host, known in WELL_KNOWN_HOSTS.items():
         if host in targets:
             continue
@@ -134,15 +150,34 @@ def build_host_map(settings: Settings) -> HostMap:
             if instance_kind(instance) == known.kind and _base_parts(instance)[0] not in WELL_KNOWN_HOSTS:
                 targets[host] = [Target(instance, known.base_path, f"well-known {known.kind} host")]
                 break
-    return HostMap({host: tuple(found) for host, found in targets.items()})
+    return HostMap({host: tuple(found) for host, found in targets.items()}, native_bedrock=True)
+
+
+_BEDROCK_RUNTIME_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+
+
+def is_bedrock_runtime_host(host: str) -> bool:
+    return _BEDROCK_RUNTIME_HOST.fullmatch(normalise_host(host)) is not None
+
+
+def bedrock_hosts(instance: Instance) -> list[str]:
+    """The Bedrock runtime hosts an instance with Bedrock settings claims (rule 3)."""
+    bedrock = instance.bedrock
+    if bedrock is None:
+        return []
+    hosts = [f"bedrock-runtime.{bedrock.region}.amazonaws.com"] if bedrock.region else []
+    endpoint_host = normalise_host(urlsplit(bedrock.endpoint).hostname or "")
+    if is_bedrock_runtime_host(endpoint_host) and endpoint_host not in hosts:
+        hosts.append(endpoint_host)
+    return hosts
 
 
 def describe_host_map(host_map: HostMap) -> list[str]:
     """The host → instance table `aigw config check` prints."""
-    if not host_map.targets:
+    if not host_map.targets and not host_map.native_bedrock:
         return ["proxy: nothing is decrypted (every CONNECT is tunnelled untouched)"]
     lines = ["proxy: decrypted hosts -> instance (every other host is tunnelled untouched)"]
-    width = max(len(h) for h in host_map.targets)
+    width = max((len(h) for h in host_map.targets), default=0)
     for host in sorted(host_map.targets):
         first, *others = host_map.targets[host]
         prefix = f" under {first.base_path}" if first.base_path else ""
@@ -154,6 +189,9 @@ def describe_host_map(host_map: HostMap) -> list[str]:
     missing = sorted(h for h in WELL_KNOWN_HOSTS if h not in host_map.targets)
     if missing:
         lines.append(f"  not decrypted (no instance of their kind): {', '.join(missing)}")
+    if host_map.native_bedrock:
+        lines.append("  bedrock-runtime.*.amazonaws.com (other hosts): recorded, sent with the client's own "
+                     "AWS signature (BYOK)")
     return lines
 
 
@@ -224,21 +262,22 @@ def blocked_reason(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | No
     for candidate in (ip, embedded):
         if candidate is not None and any(candidate.version == n.version and candidate in n for n in allowed):
             return None
-    for candidate in (ip, embedded):
-        if candidate is None:
-            continue
-        if candidate.is_loopback:
-            return "loopback"
-        if candidate.is_link_local:
-            return "link-local"
-        if candidate.is_unspecified:
-            return "unspecified"
-        if candidate.is_multicast:
-            return "multicast"
-        if candidate.is_private:
-            return "private"
-        if candidate.is_reserved or not candidate.is_global:
-            return "reserved"
+    # An IPv6 address carrying an IPv4 one reaches that one; its own flags (::/8 is "reserved") do not matter.
+    target = embedded or ip
+    if target.is_loopback:
+        return "loopback"
+    if target.is_link_local:
+        return "link-local"
+    if target.is_unspecified:
+        return "unspecified"
+    if target.is_multicast:
+        return "multicast"
+    if target.is_reserved:
+        return "reserved"
+    if target.is_private:
+        return "private"
+    if not target.is_global:
+        return "reserved"
     return None
 
 

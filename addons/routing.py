@@ -1,8 +1,10 @@
 """Addon: gateway routes (`/api/v2/aibridge/<instance>/…`) -> instance, route and identity.
 
-Runs first in the chain. It answers everything that must not reach upstream
+Runs right after the proxy addons (addons/proxy.py), which handle tunnelled and
+absolute-form requests. It answers everything that must not reach upstream
 (health checks, unknown instances, unknown paths, failed authentication) and
-attaches a FlowContext to every flow that may go on.
+attaches a FlowContext to every flow that may go on. `admit` is the one
+credential decision (BYOK, 401/403/502) both entry points share.
 """
 
 from __future__ import annotations

@@ -532,6 +532,35 @@ def test_websocket_with_the_gateway_key_gets_the_instance_key(gw: Gateway, fakes
     assert (row["provider_name"], row["credential_kind"]) == ("openai", "centralized")
 
 
+def test_websocket_on_the_gateway_route_is_recorded_too(gw: Gateway, fakes: Fakes) -> None:
+    before = count(gw)
+    with websockets.sync.client.connect(
+            f"ws://127.0.0.1:{gw.port}/api/v2/aibridge/openai/v1/responses", proxy=None,
+            additional_headers={"authorization": f"Bearer {key(gw)}"}, open_timeout=15) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5", "input": "hi via the route"}))
+        while json.loads(ws.recv(timeout=15))["type"] != "response.completed":
+            pass
+    assert fakes.ai.ws_handshakes[-1][0] == "/v1/responses"
+    assert fakes.ai.ws_handshakes[-1][1]["authorization"] == f"Bearer {OPENAI_PROVIDER_KEY}"
+    row = latest_after(gw, before)[-1]
+    metadata = json.loads(row["metadata"])
+    assert (metadata["mode"], metadata["transport"], row["status"]) == ("gateway", "websocket", "completed")
+    assert [p["prompt"] for p in children(gw, "aibridge_user_prompts", row["id"])] == ["hi via the route"]
+
+
+def test_websocket_closed_before_the_response_completes_is_recorded_cancelled(gw: Gateway, fakes: Fakes) -> None:
+    before = count(gw)
+    with websockets.sync.client.connect(
+            "wss://api.openai.com/v1/responses", proxy=proxy_url(gw), ssl=trust(gateway_ca(gw)),
+            additional_headers={"authorization": f"Bearer {key(gw)}"}, open_timeout=15) as ws:
+        # Not a response.create the fake answers: the response never completes.
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5", "input": "never answered",
+                            "metadata": {"fake": "silent"}}))
+    row = latest_after(gw, before)[-1]
+    assert row["status"] == "cancelled", row
+    assert "closed the websocket" in json.loads(row["metadata"])["error"]
+
+
 # -- everything else is tunnelled ------------------------------------------------------------
 
 
@@ -578,10 +607,14 @@ def test_proxy_authentication_is_required_for_every_host(gw: Gateway, target: st
     assert json.loads(reply.body)["error"]["type"] == "authentication_error"
 
 
-def test_revoked_key_is_refused_at_connect(gw: Gateway) -> None:
+def test_revoked_key_is_refused_at_connect_and_inside_open_tunnels(gw: Gateway) -> None:
     secret = gw.create_key("mallory")
     assert connect(gw, "api.anthropic.com:443", basic("aigw", secret)).status == 200
-    gw.cli("keys", "revoke", "_".join(secret.split("_")[:2]))
+    with client(gw, secret) as c:
+        assert c.get("https://api.anthropic.com/v1/models").status_code == 200
+        gw.cli("keys", "revoke", "_".join(secret.split("_")[:2]))
+        inside = c.get("https://api.anthropic.com/v1/models")  # the same keep-alive tunnel
+    assert inside.status_code == 401 and inside.json()["error"]["type"] == "authentication_error"
     reply = connect(gw, "api.anthropic.com:443", basic("aigw", secret))
     assert reply.status == 407 and b"revoked" in reply.body
 

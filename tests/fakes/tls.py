@@ -171,7 +171,7 @@ def serve_websocket(sock: Any, fake: TlsFakeUpstream) -> None:
                     continue
                 message, text = json.loads(text), ""
                 fake.ws_messages.append(message)
-                if message.get("type") == "response.create":
+                if message.get("type") == "response.create" and message.get("metadata") != {"fake": "silent"}:
                     body = {k: v for k, v in message.items() if k != "type"}
                     for chunk in responses_events(body):
                         payload = chunk.split(b"data: ", 1)[1].strip().decode()
