@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -305,8 +306,10 @@ class FakeBedrock:
         region: str = "us-east-1",
         *,
         session_token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.credentials = ReadOnlyCredentials(access_key, secret_key, session_token)
+        self.ssl_context = ssl_context  # serve HTTPS (e.g. posing as bedrock-runtime.<region>.amazonaws.com)
         self.region = region
         self.requests: list[Received] = []
         self._replies: deque[Reply] = deque()
@@ -317,11 +320,21 @@ class FakeBedrock:
     @property
     def base_url(self) -> str:
         assert self._server is not None, "FakeBedrock not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "FakeBedrock not started"
+        return self._server.server_address[1]
 
     def start(self) -> str:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        if self.ssl_context is not None:
+            # The handshake happens in the handler thread, so a bad client never blocks accept().
+            self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True,
+                                                               do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-bedrock", daemon=True)
         self._thread.start()
         return self.base_url
