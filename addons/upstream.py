@@ -7,8 +7,11 @@ body reaches the client — is an `Upstream` strategy chosen per flow:
 
 - the provider's own API (`intercept.DirectUpstream`): point the request at
   the base URL, inject the provider key, tap SSE as it passes;
-- Amazon Bedrock (`bedrock.BedrockUpstream`): rewrite to InvokeModel, SigV4
-  sign, convert the binary event stream to Anthropic SSE, translate AWS errors.
+- Amazon Bedrock for Anthropic clients (`bedrock.BedrockUpstream`): rewrite
+  to InvokeModel, SigV4 sign, convert the binary event stream to Anthropic
+  SSE, translate AWS errors;
+- Bedrock-native clients through the proxy (`bedrock.NativeBedrockUpstream`):
+  relay byte-for-byte while decoding, re-sign when the gateway holds the key.
 
 Strategies never touch the store; they put what should be recorded on the
 interception (`metadata`, `token_metadata`, `parser`).
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from mitmproxy import http
 
     from addons.context import FlowContext
+    from addons.wire.model import RequestInfo, ResponseSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,14 @@ class Refusal:
 
 
 class Upstream(Protocol):
+    def read_request(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any]) -> RequestInfo:
+        """What an intercepted request asks for (model, stream, prompt), before it is rewritten."""
+        ...
+
+    def read_response(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any]) -> ResponseSummary:
+        """A blocking 2xx JSON body as the client received it."""
+        ...
+
     def forward(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any] | None) -> Refusal | None:
         """`request` hook: send the flow to the upstream with the right credential.
 

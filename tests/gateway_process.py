@@ -130,7 +130,7 @@ class Gateway:
         return [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
 
     def wait_for(self, sql: str, done: Callable[[list[dict[str, Any]]], bool] = bool,
-                 timeout: float = 20) -> list[dict[str, Any]]:
+                 timeout: float = 30) -> list[dict[str, Any]]:
         """Poll until the recorder has written what the test expects (records are written in batches)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -19,6 +19,7 @@ class Api(StrEnum):
     MESSAGES = "messages"
     CHAT = "chat"
     RESPONSES = "responses"
+    BEDROCK = "bedrock"  # Bedrock-native runtime calls (InvokeModel*, Converse*) through the proxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,11 @@ def anthropic_error(message: str, error_type: str) -> bytes:
 
 def openai_error(message: str, error_type: str, code: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}})
+
+
+def aws_error(message: str, aws_type: str) -> bytes:
+    """AWS's JSON error shape (Bedrock-native clients); botocore reads the exception name from `__type`."""
+    return orjson.dumps({"__type": aws_type, "message": message})
 
 
 def any_error(message: str, error_type: str, code: str | None = None) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from addons.providers.base import Api, Provider, anthropic_error, openai_error, rule
+from addons.providers.base import Api, Provider, anthropic_error, aws_error, openai_error, rule
 
 ANTHROPIC = Provider(
     type="anthropic",
@@ -40,6 +40,22 @@ COPILOT = Provider(
 
 PROVIDERS: dict[str, Provider] = {p.type: p for p in (ANTHROPIC, OPENAI, COPILOT)}
 
+# Bedrock-native clients (boto3, AnthropicBedrock, Claude Code on Bedrock) reach
+# bedrock-runtime.*.amazonaws.com through the proxy only; not a configurable type.
+_MODEL = r"/model/[^/]+/"
+BEDROCK = Provider(
+    type="bedrock",
+    gateway_prefix="",
+    rules=(
+        rule(_MODEL + "invoke", Api.BEDROCK, "/model/{id}/invoke", ("POST",)),
+        rule(_MODEL + "invoke-with-response-stream", Api.BEDROCK, "/model/{id}/invoke-with-response-stream",
+             ("POST",)),
+        rule(_MODEL + "converse", Api.BEDROCK, "/model/{id}/converse", ("POST",)),
+        rule(_MODEL + "converse-stream", Api.BEDROCK, "/model/{id}/converse-stream", ("POST",)),
+    ),
+    passthrough_everything=True,  # count-tokens, async invoke, guardrails, ...: relayed, not recorded
+)
+
 
 def error_body(provider_type: str | None, api: Api | None, message: str, error_type: str) -> bytes:
     """An error in the shape the client's SDK expects.
@@ -49,8 +65,22 @@ def error_body(provider_type: str | None, api: Api | None, message: str, error_t
     """
     if api is Api.MESSAGES or (api is None and provider_type == "anthropic"):
         return anthropic_error(message, error_type)
+    if api is Api.BEDROCK or provider_type == "bedrock":
+        return aws_error(message, AWS_ERROR_TYPES.get(error_type, "InternalServerException"))
     return openai_error(message, OPENAI_ERROR_TYPES.get(error_type, "server_error"), error_type)
 
+
+AWS_ERROR_TYPES = {
+    "invalid_request_error": "ValidationException",
+    "request_too_large": "ValidationException",
+    "authentication_error": "UnrecognizedClientException",
+    "permission_error": "AccessDeniedException",
+    "not_found_error": "ResourceNotFoundException",
+    "rate_limit_error": "ThrottlingException",
+    "overloaded_error": "ServiceUnavailableException",
+    "timeout_error": "ModelTimeoutException",
+    "api_error": "InternalServerException",
+}
 
 OPENAI_ERROR_TYPES = {
     "invalid_request_error": "invalid_request_error",

@@ -110,10 +110,16 @@ def client(gw: Gateway, instance: str = "anthropic-bedrock") -> anthropic.Anthro
 
 
 def count(gw: Gateway) -> int:
-    """Interceptions so far, once every earlier one has ended (so the next one recorded is ours)."""
-    rows = gw.wait_for("select count(*) as n, count(ended_at) as ended from aibridge_interceptions",
-                       lambda r: r[0]["n"] == r[0]["ended"])
-    return rows[0]["n"]
+    """Interceptions so far, once every earlier one is written and ended (so the next one recorded is
+    ours): the recorder writes in batches, so the count must hold still across a flush interval."""
+    sql = "select count(*) as n, count(ended_at) as ended from aibridge_interceptions"
+    previous = -1
+    while True:
+        n = gw.wait_for(sql, lambda r: r[0]["n"] == r[0]["ended"])[0]["n"]
+        if n == previous:
+            return n
+        previous = n
+        time.sleep(0.3)
 
 
 def latest_after(gw: Gateway, before: int) -> dict[str, Any]:

@@ -16,14 +16,18 @@ from addons.bedrock import (
     OPERATION,
     BedrockUpstream,
     EventStreamToSSE,
+    NativeBedrockUpstream,
     anthropic_error_response,
+    client_aws_credential,
     count_tokens_response,
     token_count_headers,
 )
-from addons.config import BedrockSettings, Instance
+from addons.config import BedrockSettings, Instance, Settings
 from addons.context import FlowContext
+from addons.providers.base import Api
 from addons.providers.bedrock import BedrockCredentials
-from addons.providers.registry import ANTHROPIC
+from addons.providers.registry import ANTHROPIC, BEDROCK
+from addons.proxy_policy import build_host_map
 from addons.upstream import Refusal
 from addons.wire.model import RequestInfo
 from tests.eventstream_encoder import chunk_frame, corrupt_crc, exception_frame
@@ -182,3 +186,70 @@ def test_token_count_headers() -> None:
                               "X-Amzn-Bedrock-Cache-Read-Input-Token-Count": "4",
                               "X-Amzn-Bedrock-Invocation-Latency": "99"})
     assert token_count_headers(headers) == {"input": 10, "cache_read_input": 4}
+
+
+# -- Bedrock-native clients through the proxy -----------------------------------------------------
+
+
+def test_runtime_hosts_are_decrypted_and_claimed_by_region() -> None:
+    settings = Settings(instances=(upstream().instance,))
+    host_map = build_host_map(settings)
+    for host in ("bedrock-runtime.us-east-1.amazonaws.com", "BEDROCK-RUNTIME-FIPS.us-gov-west-1.amazonaws.com.",
+                 "bedrock-runtime.cn-north-1.amazonaws.com.cn", "bedrock-runtime.eu-west-3.amazonaws.com"):
+        assert host_map.is_native_bedrock(host), host
+    for host in ("bedrock.us-east-1.amazonaws.com", "sts.amazonaws.com", "bedrock-runtime.us-east-1.evil.com",
+                 "s3.us-east-1.amazonaws.com"):
+        assert not host_map.is_native_bedrock(host), host
+    # The instance's region host is its own (centralized); other regions are BYOK.
+    match = host_map.match("bedrock-runtime.us-east-1.amazonaws.com", "/model/m/invoke")
+    assert match is not None and match.instance.name == "anthropic-bedrock"
+    assert host_map.match("bedrock-runtime.eu-west-3.amazonaws.com", "/model/m/invoke") is None
+    assert not build_host_map(Settings(enabled=False, instances=settings.instances)).is_native_bedrock(
+        "bedrock-runtime.us-east-1.amazonaws.com")
+
+
+def test_client_aws_credential() -> None:
+    sigv4 = ("AWS4-HMAC-SHA256 Credential=AKIDCLIENT/20260101/us-east-1/bedrock/aws4_request, "
+             "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64)
+    assert client_aws_credential(http.Headers(authorization=sigv4)) == "AKIDCLIENT"
+    assert client_aws_credential(http.Headers(authorization="Bearer bedrock-api-key")) == "bedrock-api-key"
+    assert client_aws_credential(http.Headers()) is None
+
+
+def native_flow(body: bytes, **headers: str) -> tuple[http.HTTPFlow, FlowContext]:
+    request = tutils.treq(method=b"POST", path=f"/model/{MODEL_QUOTED}/converse".encode(), content=body,
+                          headers=http.Headers(host="bedrock-runtime.us-east-1.amazonaws.com", **headers))
+    request.scheme, request.host, request.port = "https", "bedrock-runtime.us-east-1.amazonaws.com", 443
+    flow = tflow.tflow(req=request)
+    route = BEDROCK.route("POST", request.path)
+    assert route is not None and route.api is Api.BEDROCK
+    ctx = FlowContext(instance=upstream().instance, provider=BEDROCK, route=route, api_path=request.path, query="",
+                      identity=Identity("u1", "alice", "k1", False), byok=False,
+                      received_at=dt.datetime.now(dt.UTC))
+    return flow, ctx
+
+
+MODEL_QUOTED = "anthropic.claude-sonnet-4-5-20250929-v1%3A0"
+
+
+def test_native_centralized_is_resigned_over_the_same_bytes() -> None:
+    body = b'{"messages": [{"role": "user", "content": [{"text": "hi"}]}]}'
+    flow, ctx = native_flow(body, authorization="AWS4-HMAC-SHA256 Credential=AKIDCLIENT/x", **{
+        "x-amz-date": "20200101T000000Z", "content-type": "application/json", "x-amzn-bedrock-trace": "ENABLED"})
+    bedrock_upstream = upstream()
+    native = NativeBedrockUpstream(bedrock_upstream.settings, bedrock_upstream.credentials, "us-east-1")
+    info = native.read_request(flow, ctx, orjson.loads(body))
+    assert (info.model, info.stream, info.prompt) == ("anthropic.claude-sonnet-4-5-20250929-v1:0", False, "hi")
+    assert native.forward(flow, ctx, orjson.loads(body)) is None
+    assert flow.request.url == f"{ENDPOINT}/model/{MODEL_QUOTED}/converse"
+    assert flow.request.raw_content == body
+    assert "Credential=AKIDUNIT/" in flow.request.headers["authorization"]
+    assert "x-amzn-bedrock-trace" in flow.request.headers["authorization"]  # what Bedrock reads is signed
+    verify(flow)
+
+
+def test_native_byok_changes_nothing() -> None:
+    flow, ctx = native_flow(b"{}", authorization="AWS4-HMAC-SHA256 Credential=AKIDCLIENT/x")
+    before = flow.request.copy()
+    assert NativeBedrockUpstream(None, None, None).forward(flow, ctx, {}) is None
+    assert flow.request.url == before.url and flow.request.headers == before.headers
