@@ -29,7 +29,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from queue import SimpleQueue
@@ -243,7 +243,6 @@ class _FlowDump:
     streaming: bool = False
     ended: bool = False
     dropped: bool = False
-    secrets: set[str] = field(default_factory=set)
 
 
 class _Tee:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitmproxy import http, options
+from mitmproxy import exceptions, http, options
 from mitmproxy.proxy.layers.http import _http1
 
 from addons import ca, runtime
@@ -78,6 +78,9 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
                 return 1
         keys = KeyCache(recorder.writer.call(keystore.load_keys))
         return asyncio.run(serve(settings, recorder, keys, sets=sets, web=web, quiet=quiet))
+    except exceptions.OptionsError as e:  # a bad --set value
+        print(f"aigw: {e}", file=sys.stderr)
+        return 1
     finally:
         recorder.done()  # flushes every pending record
         if metrics_server is not None:

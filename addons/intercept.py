@@ -99,6 +99,14 @@ class StreamTap:
 class DirectUpstream:
     """The provider's own API: base URL + provider key; SSE tapped as it passes."""
 
+    def read_request(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any]) -> RequestInfo:
+        assert ctx.route.api is not None
+        return PARSERS[ctx.route.api].parse_request(body)
+
+    def read_response(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any]) -> ResponseSummary:
+        assert ctx.route.api is not None
+        return PARSERS[ctx.route.api].parse_response(body)
+
     def forward(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any] | None) -> Refusal | None:
         inject_credential(flow, ctx)
         if body is not None:
@@ -158,8 +166,8 @@ class Interceptor:
         if not ctx.route.intercepted:
             refusal = upstream.forward(flow, ctx, None)
             if refusal is not None:
-                flow.response = json_response(refusal.status, error_body(
-                    ctx.instance.type, None, refusal.message, refusal.error_type))
+                flow.response = json_response(refusal.status, error_body(  # in the shape of the route's API
+                    ctx.provider.type, None, refusal.message, refusal.error_type))
             return
         api = ctx.route.api
         assert api is not None
@@ -168,7 +176,7 @@ class Interceptor:
             self.start(flow, ctx, RequestInfo(), None)
             self.reject(flow, ctx, 400, "request body is not a JSON object", "invalid_request_error")
             return
-        info = PARSERS[api].parse_request(body)
+        info = upstream.read_request(flow, ctx, body)
         interception = self.start(flow, ctx, info, body)
         if api is Api.CHAT and info.stream and not chat.client_wants_usage(body):
             options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
@@ -246,7 +254,7 @@ class Interceptor:
             return
         interception = ctx.interception
         assert flow.response is not None
-        summary = interception.summary = self.summarise(flow, interception)
+        summary = interception.summary = self.summarise(flow, ctx, interception)
         status_code = flow.response.status_code
         error = None
         if status_code >= 400:
@@ -273,7 +281,8 @@ class Interceptor:
         cancelled = "client disconnected" in message.lower()
         self.finish(flow, ctx, interception, "cancelled" if cancelled else "failed", message)
 
-    def summarise(self, flow: http.HTTPFlow, interception: Interception) -> ResponseSummary | None:
+    def summarise(self, flow: http.HTTPFlow, ctx: FlowContext,
+                  interception: Interception) -> ResponseSummary | None:
         if interception.parser is not None:
             return interception.parser.summary()
         assert flow.response is not None
@@ -285,7 +294,7 @@ class Interceptor:
             return None
         if not isinstance(body, dict):
             return None
-        return PARSERS[interception.api].parse_response(body)
+        return self.upstream(ctx).read_response(flow, ctx, body)
 
     # -- records ---------------------------------------------------------------
 
@@ -352,4 +361,6 @@ def _error_message(body: bytes | None) -> str | None:
     err = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         return err["message"][:500]
-    return None
+    # AWS errors (Bedrock-native clients get them as they are): {"message": ...} or {"Message": ...}.
+    message = (parsed.get("message") or parsed.get("Message")) if isinstance(parsed, dict) else None
+    return message[:500] if isinstance(message, str) else None

@@ -23,6 +23,7 @@ import duckdb
 import orjson
 
 from addons import metrics
+from addons.config import ConfigError, parse_duration
 from addons.store.schema import CHILD_TABLES
 
 log = logging.getLogger("aigw.retention")
@@ -121,20 +122,25 @@ class Retention:
         self.writer = writer  # RecordWriter: purges run on its thread, ordered with record writes
         self.now = now or default_clock()
         self.interval = DEFAULT_INTERVAL
+        self.batch = BATCH
         self.task: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
-        loader.add_option("aigw_retention_interval", float, DEFAULT_INTERVAL,
-                          "Seconds between retention purges (the retention itself is --aibridge-retention).")
+        loader.add_option("aigw_retention_interval", str, "10m",
+                          "Time between retention purges, e.g. 10m, 1h (how long data is kept is "
+                          "--aibridge-retention).")
 
     def configure(self, updated: set[str]) -> None:
         from mitmproxy import ctx, exceptions
 
         if "aigw_retention_interval" in updated:
-            value = ctx.options.aigw_retention_interval
-            if value <= 0:
-                raise exceptions.OptionsError("aigw_retention_interval must be a positive number of seconds")
-            self.interval = value
+            try:
+                value = parse_duration(ctx.options.aigw_retention_interval, "aigw_retention_interval")
+            except ConfigError as e:
+                raise exceptions.OptionsError(str(e)) from None
+            if value is None:
+                raise exceptions.OptionsError("aigw_retention_interval must be a positive duration, e.g. 10m")
+            self.interval = value.total_seconds()
 
     def running(self) -> None:
         if self.retention is None:
@@ -162,14 +168,21 @@ class Retention:
         if self.retention is None:
             return 0
         cutoff = self.cutoff()
+        purged = 0
         try:
-            purged = await asyncio.to_thread(self.writer.call, lambda conn: purge(conn, cutoff), 600.0)
+            # One writer call per batch, so record writes interleave with a long purge instead of queueing.
+            while True:
+                n = await asyncio.to_thread(self.writer.call, lambda conn: purge_batch(conn, cutoff, self.batch),
+                                            600.0)
+                purged += n
+                metrics.RETENTION_PURGED.inc(n)
+                if n < self.batch:
+                    break
+            await asyncio.to_thread(self.writer.call, lambda conn: purge_orphans(conn, cutoff), 600.0)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("retention purge failed; retrying in %.0fs", self.interval)
-            return 0
         if purged:
-            metrics.RETENTION_PURGED.inc(purged)
             log.info("retention: purged %d interception(s) that ended before %s", purged, cutoff.isoformat())
         return purged

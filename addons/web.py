@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Iterable
+from io import BytesIO
 from typing import Any
 
 from mitmproxy import ctx as mitm_ctx
 from mitmproxy import flow as mflow
-from mitmproxy import http, options
+from mitmproxy import flowfilter, http, options
+from mitmproxy import io as mitm_io
 from mitmproxy.tools.web import app
 from mitmproxy.tools.web.master import WebMaster
 
@@ -68,9 +71,14 @@ def redact_flow_json(data: dict[str, Any], secrets: Iterable[str] = ()) -> dict[
     return data
 
 
+# Credential values taken out of kept flows (see WebUi.scrub_sent_request): still scrubbed from bodies.
+# Held here, not in flow.metadata, which mitmweb would export with the flow.
+_removed: weakref.WeakKeyDictionary[mflow.Flow, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
 def flow_secrets(f: mflow.Flow, base: Iterable[str] = ()) -> set[str]:
-    """Configured secrets plus the credential values this flow carries."""
-    out = set(base)
+    """Configured secrets plus the credential values this flow carries (or carried)."""
+    out = set(base) | _removed.get(f, frozenset())
     if isinstance(f, http.HTTPFlow):
         out |= redaction.credential_values(f.request.headers.items(multi=True))
         if f.response is not None:
@@ -125,16 +133,10 @@ class _Flows(app.Flows):
 
 class _DumpFlows(app.DumpFlows):
     def get(self) -> None:
-        # Serialize redacted copies instead of the live flows.
+        # mitmweb's own handler, serializing redacted copies instead of the live flows.
         master: AigwWebMaster = self.master  # type: ignore[assignment]
-        view = master.view
-        original = list(view)
         self.set_header("Content-Disposition", "attachment; filename=flows")
         self.set_header("Content-Type", "application/octet-stream")
-        from io import BytesIO
-
-        from mitmproxy import flowfilter, io
-
         try:
             match = flowfilter.parse(self.request.arguments["filter"][0].decode())
         except ValueError:
@@ -142,20 +144,20 @@ class _DumpFlows(app.DumpFlows):
         except (KeyError, IndexError):
             match = None
         with BytesIO() as bio:
-            writer = io.FlowWriter(bio)
-            for f in original:
+            writer = mitm_io.FlowWriter(bio)
+            for f in list(master.view):
                 if match is None or match(f):
                     writer.add(redacted_copy(f, master.secrets))
             self.write(bio.getvalue())
 
 
 class _FlowContent(app.FlowContent):
-    def get(self, flow_id: str, message: str) -> None:
-        master: AigwWebMaster = self.master  # type: ignore[assignment]
-        # Let mitmweb build the response, then scrub what it wrote.
-        super().get(flow_id, message)
-        self._write_buffer = [redaction.scrub_bytes(b"".join(self._write_buffer),
-                                                    flow_secrets(self.flow, master.secrets))]
+    def write(self, chunk: Any) -> None:
+        # The raw body download: scrub whatever credential value the body might echo.
+        if isinstance(chunk, bytes) and self.request.method == "GET":
+            master: AigwWebMaster = self.master  # type: ignore[assignment]
+            chunk = redaction.scrub_bytes(chunk, flow_secrets(self.flow, master.secrets))
+        super().write(chunk)
 
 
 class _FlowContentView(app.FlowContentView):
@@ -295,7 +297,8 @@ class WebUi:
         if excess <= 0:
             return 0
         victims = []
-        for f in list(view._store.values()):  # oldest first (insertion order)
+        store = getattr(view, "_store", None)  # insertion-ordered; resolve() is the public, slower way
+        for f in list(store.values()) if store is not None else view.resolve("@all"):  # oldest first
             if len(victims) >= excess:
                 break
             if not f.live:  # removing a live flow would kill it
@@ -331,7 +334,10 @@ class WebUi:
     @staticmethod
     def scrub_sent_request(flow: http.HTTPFlow) -> None:
         # The request has gone upstream: the kept copy no longer needs the credential.
-        redact_headers_in_place(flow.request.headers)
+        values = redaction.credential_values(flow.request.headers.items(multi=True))
+        if values:
+            _removed[flow] = _removed.get(flow, frozenset()) | values
+            redact_headers_in_place(flow.request.headers)
 
 
 __all__ = ["DEFAULT_MAX_FLOWS", "AigwWebMaster", "WebUi", "comment_for", "redact_flow_json", "redacted_copy"]

@@ -98,6 +98,8 @@ def test_web_ui_scrubs_the_kept_request_once_sent() -> None:
     assert f.request.headers["x-api-key"] == "[REDACTED]"
     assert f.request.headers["authorization"] == "Bearer [REDACTED]"
     assert f.request.headers["content-type"] == "application/json"
+    # The values it held are still scrubbed wherever they show up (here: the body).
+    assert BYOK in f.request.text and BYOK in flow_secrets(f)
 
 
 def test_flow_bound_keeps_the_newest_and_every_live_flow() -> None:
@@ -116,3 +118,42 @@ def test_flow_bound_keeps_the_newest_and_every_live_flow() -> None:
         tctx.configure(web, aigw_web_max_flows=0)  # unbounded
         view.add([tflow.tflow(resp=True)])
         assert web.trim() == 0
+
+
+async def test_web_master_serializes_only_redacted_flows() -> None:
+    """What `aigw web` sends to the browser: live updates and the flow list, through its own handlers."""
+    import tornado.httputil
+    from mitmproxy import options
+
+    from addons import web
+
+    master = web.AigwWebMaster(options.Options(), {KEY})
+    sent: list[tuple[str, dict]] = []
+
+    class Browser:
+        def _broadcast_flow(self, kind: str, f: http.HTTPFlow, flow_json: dict) -> None:
+            sent.append((kind, flow_json))
+
+    browser = Browser()
+    app.ClientConnection.connections.add(browser)  # type: ignore[arg-type]
+    try:
+        f = provider_flow()
+        master.view.add([f])
+        master.view.update([f])
+    finally:
+        app.ClientConnection.connections.discard(browser)  # type: ignore[arg-type]
+    assert [kind for kind, _ in sent] == ["flows/add", "flows/update"]
+    for _, flow_json in sent:
+        assert KEY not in json.dumps(flow_json) and BYOK not in json.dumps(flow_json)
+    assert "comment" in master.options.web_columns
+
+    def handler_for(path: str) -> type:
+        request = tornado.httputil.HTTPServerRequest(method="GET", uri=path)
+        return master.app.find_handler(request).handler_class
+
+    assert handler_for("/flows.json") is web._Flows
+    assert handler_for("/flows/dump") is web._DumpFlows
+    assert handler_for(f"/flows/{f.id}/request/content.data") is web._FlowContent
+    assert handler_for(f"/flows/{f.id}/response/content/auto.json") is web._FlowContentView
+    assert handler_for("/commands/export") is web._ExecuteCommand
+    assert handler_for("/options.json") is app.Options  # everything else is mitmweb's own

@@ -168,3 +168,22 @@ def test_file_clock(tmp_path: Path) -> None:
     assert file_clock(path)() == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     path.write_text("garbage")
     assert abs(file_clock(path)() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+async def test_each_batch_is_its_own_writer_call(writer: RecordWriter) -> None:
+    for i in range(5):
+        interception(writer, NOW - timedelta(days=100, minutes=i), NOW - timedelta(days=100, minutes=i))
+    writer.flush()
+    calls = 0
+    real_call = writer.call
+
+    def counting_call(fn, timeout=30.0):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real_call(fn, timeout)
+
+    writer.call = counting_call  # type: ignore[method-assign]
+    retention = Retention(timedelta(days=60), writer, now=lambda: NOW)
+    retention.batch = 2
+    assert await retention.run_once() == 5
+    assert calls == 4  # batches of 2, 2, 1, then the orphan sweep
