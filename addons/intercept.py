@@ -56,7 +56,6 @@ class Interception:
     started_at: datetime
     info: RequestInfo
     parser: Any = None  # the wire module's StreamParser, once streaming
-    decoder: SSEDecoder | None = None
     hide_usage: bool = False
     summary: ResponseSummary | None = None
     ended: bool = False
