@@ -21,6 +21,7 @@ from addons.bedrock import BedrockUpstreams
 from addons.config import Settings
 from addons.dumps import Dumps
 from addons.intercept import Interceptor
+from addons.keypool import KeyFailover
 from addons.logs import Logs, LogSetupError, setup_logging
 from addons.metrics import Metrics, MetricsServer, MetricsServerError, chain_on_batch, start_server
 from addons.providers.base import any_error
@@ -119,6 +120,7 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         Router(settings, keys),
         AdminApi(settings, recorder, keys),
         interceptor,
+        KeyFailover(),
         KeyUsageFlusher(recorder, keys),
         SnapshotPublisher(settings, recorder),
         bedrock,

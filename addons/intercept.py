@@ -107,7 +107,10 @@ class DirectUpstream:
         return PARSERS[ctx.route.api].parse_response(body)
 
     def forward(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any] | None) -> Refusal | None:
-        inject_credential(flow, ctx)
+        retry_after = inject_credential(flow, ctx)
+        if retry_after is not None:
+            return Refusal(429, f"every provider key of instance {ctx.instance.name!r} is rate limited or "
+                           f"refused; retry in {retry_after}s", "rate_limit_error", retry_after)
         if body is not None:
             # The tap must see plain bytes, not gzip/zstd.
             flow.request.headers["accept-encoding"] = "identity"
@@ -166,7 +169,7 @@ class Interceptor:
             refusal = upstream.forward(flow, ctx, None)
             if refusal is not None:
                 flow.response = json_response(refusal.status, error_body(  # in the shape of the route's API
-                    ctx.provider.type, None, refusal.message, refusal.error_type))
+                    ctx.provider.type, None, refusal.message, refusal.error_type), refusal.headers)
             return
         api = ctx.route.api
         assert api is not None
@@ -184,7 +187,7 @@ class Interceptor:
             interception.hide_usage = True
         refusal = upstream.forward(flow, ctx, body)
         if refusal is not None:
-            self.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type)
+            self.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type, refusal.headers)
 
     def parse_body(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
         raw = flow.request.raw_content or b""
@@ -229,8 +232,10 @@ class Interceptor:
         ))
         return interception
 
-    def reject(self, flow: http.HTTPFlow, ctx: FlowContext, status: int, message: str, error_type: str) -> None:
-        flow.response = json_response(status, error_body(ctx.instance.type, ctx.route.api, message, error_type))
+    def reject(self, flow: http.HTTPFlow, ctx: FlowContext, status: int, message: str, error_type: str,
+               headers: dict[str, str] | None = None) -> None:
+        flow.response = json_response(status, error_body(ctx.instance.type, ctx.route.api, message, error_type),
+                                      headers)
         if ctx.interception is not None:
             self.finish(flow, ctx, ctx.interception, "failed", message)
 

@@ -20,6 +20,7 @@ from addons import context
 from addons.auth import Identity, KeyCache, bearer, presented_credential
 from addons.config import Instance, Settings
 from addons.context import FlowContext
+from addons.keypool import pool_for
 from addons.providers.base import Api, Provider, Route, any_error
 from addons.providers.registry import PROVIDERS, error_body
 
@@ -183,18 +184,27 @@ def upstream_url(instance: Instance, api_path: str, query: str) -> str:
     return instance.base_url + api_path + query
 
 
-def inject_credential(flow: http.HTTPFlow, ctx: FlowContext) -> None:
-    """Point the request at the instance and put the right credential on it."""
+def inject_credential(flow: http.HTTPFlow, ctx: FlowContext) -> int | None:
+    """Point the request at the instance and put the right credential on it.
+
+    Returns a Retry-After (seconds) when every provider key is cooling down.
+    """
     flow.request.url = upstream_url(ctx.instance, ctx.api_path, ctx.query)
-    if ctx.byok or ctx.instance.key is None:
-        return
+    if ctx.byok or not ctx.instance.keys:
+        return None
+    pool = pool_for(ctx.instance.name, ctx.instance.keys)
+    key = pool.pick()
+    if key is None:
+        return pool.retry_after()
+    ctx.extra["provider_key"] = key
     headers = flow.request.headers
     if ctx.route.api is Api.MESSAGES or ctx.instance.type == "anthropic":
         headers.pop("authorization", None)
-        headers["x-api-key"] = ctx.instance.key
+        headers["x-api-key"] = key
     else:
         headers.pop("x-api-key", None)
-        headers["authorization"] = f"Bearer {ctx.instance.key}"
+        headers["authorization"] = f"Bearer {key}"
+    return None
 
 
 __all__ = ["WEBSOCKET_RESPONSES", "Credential", "Router", "admission_error", "admit", "bearer",

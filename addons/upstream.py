@@ -36,6 +36,11 @@ class Refusal:
     status: int
     message: str  # never contains a secret
     error_type: str  # Anthropic's vocabulary (mapped for OpenAI clients by `error_body`)
+    retry_after: int | None = None  # seconds, sent as Retry-After
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 class Upstream(Protocol):

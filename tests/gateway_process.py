@@ -49,6 +49,11 @@ def provider_env(upstream_url: str) -> dict[str, str]:
         "CODER_AIBRIDGE_PROVIDER_3_NAME": "dead",
         "CODER_AIBRIDGE_PROVIDER_3_KEY": ANTHROPIC_PROVIDER_KEY,
         "CODER_AIBRIDGE_PROVIDER_3_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        # Two keys: failover on 401/429.
+        "CODER_AIBRIDGE_PROVIDER_4_TYPE": "openai",
+        "CODER_AIBRIDGE_PROVIDER_4_NAME": "multi",
+        "CODER_AIBRIDGE_PROVIDER_4_KEYS": "sk-first-key-0000000000000000,sk-second-key-000000000000000",
+        "CODER_AIBRIDGE_PROVIDER_4_BASE_URL": upstream_url + "/v1",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import anthropic
 import httpx
@@ -199,6 +200,18 @@ def test_revoked_and_expired_keys(gateway: Gateway, upstream) -> None:
     assert next(k for k in listed if k["id"] == key_id)["revoked_at"]
 
 
+def test_expired_keys_are_refused(gateway: Gateway, upstream) -> None:
+    out = gateway.cli("keys", "create", "--user", "carol", "--expires", "1s", "--json")
+    key = json.loads(out.stdout)["key"]
+    deadline = time.monotonic() + 30
+    status = 200
+    while status != 401 and time.monotonic() < deadline:  # expiry is checked per request
+        status = httpx.get(f"{gateway.url}/api/v2/aibridge/anthropic/v1/models", headers={"x-api-key": key},
+                           trust_env=False).status_code
+        time.sleep(0.2)
+    assert status == 401
+
+
 def test_unknown_instance_and_path(gateway: Gateway, upstream) -> None:
     headers = {"x-api-key": gateway.user_key}
     r = httpx.post(f"{gateway.url}/api/v2/aibridge/nope/v1/messages", headers=headers, json={}, trust_env=False)
@@ -317,6 +330,24 @@ def test_known_models_are_priced(gateway: Gateway, upstream) -> None:
     tokens = children(gateway, "aibridge_token_usages", row["id"])
     # 25 input, 12 output, 100 cache read, 7 cache write at $3 / $15 / $0.30 / $3.75 per million.
     assert tokens[0]["cost_usd"] == pytest.approx((25 * 3 + 12 * 15 + 100 * 0.3 + 7 * 3.75) / 1e6)
+
+
+def test_provider_keys_fail_over_on_429_and_401(gateway: Gateway, upstream) -> None:
+    url = f"{gateway.url}/api/v2/aibridge/multi/v1/chat/completions"
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}]}
+    headers = {"authorization": f"Bearer {gateway.user_key}"}
+    limited = {"error": {"message": "slow down", "type": "rate_limit_exceeded"}}
+    upstream.queue(Reply(status=429, headers={"retry-after": "120"}, chunks=[json.dumps(limited).encode()]))
+    assert httpx.post(url, json=body, headers=headers, trust_env=False).status_code == 429
+    assert httpx.post(url, json=body, headers=headers, trust_env=False).status_code == 200
+    assert [r.headers["authorization"] for r in upstream.requests] == [
+        "Bearer sk-first-key-0000000000000000", "Bearer sk-second-key-000000000000000"]
+    upstream.queue(Reply(status=401, chunks=[b'{"error": {"message": "bad key", "type": "invalid_request_error"}}']))
+    assert httpx.post(url, json=body, headers=headers, trust_env=False).status_code == 401
+    refused = httpx.post(url, json=body, headers=headers, trust_env=False)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "120"
+    assert "rate limited" in refused.json()["error"]["message"]
+    assert len(upstream.requests) == 3  # the last one never left the gateway
 
 
 def test_stream_is_not_buffered(gateway: Gateway, upstream) -> None:
