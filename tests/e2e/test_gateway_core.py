@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 
 import anthropic
 import httpx
@@ -41,19 +42,25 @@ def children(gw: Gateway, table: str, iid: str) -> list[dict]:
     return gw.query(f"select * from {table} where interception_id = '{iid}' order by created_at")
 
 
-def latest_after(gw: Gateway, before: int) -> dict:
-    rows = gw.wait_for("select * from aibridge_interceptions where ended_at is not null order by started_at",
-                       lambda r: len(r) > before)
-    assert len(rows) > before, "the request was not recorded"
+def latest_after(gw: Gateway, mark: str) -> dict:
+    """The last interception started after `mark`, once it has ended (records are written in batches)."""
+    rows = since(gw, mark)
+    assert rows, "the request was not recorded"
     return rows[-1]
 
 
-def count(gw: Gateway) -> int:
-    return gw.query("select count(*) as n from aibridge_interceptions")[0]["n"]
+def since(gw: Gateway, mark: str) -> list[dict]:
+    return gw.wait_for(f"select * from aibridge_interceptions where started_at > '{mark}'::TIMESTAMPTZ "
+                       "and ended_at is not null order by started_at")
+
+
+def mark(gw: Gateway) -> str:
+    """A mark for `latest_after`: now, as the gateway's clock (same machine) sees it."""
+    return datetime.now(UTC).isoformat()
 
 
 def test_anthropic_sdk_stream_is_recorded(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     client = anthropic_client(gateway, gateway.user_key)
     with client.messages.stream(
         model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi there"}],
@@ -88,7 +95,7 @@ def test_anthropic_sdk_stream_is_recorded(gateway: Gateway, upstream) -> None:
 
 
 def test_anthropic_blocking_tool_call_with_x_api_key(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     response = httpx.post(f"{gateway.url}/api/v2/aibridge/anthropic/v1/messages?beta=true", trust_env=False,
                           headers={"x-api-key": gateway.user_key, "anthropic-version": "2023-06-01",
                                    "user-agent": "claude-cli/2.1.197 (external, sdk-cli)"},
@@ -106,7 +113,7 @@ def test_anthropic_blocking_tool_call_with_x_api_key(gateway: Gateway, upstream)
 
 
 def test_openai_chat_stream_hides_the_usage_chunk_it_asked_for(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     with httpx.stream("POST", f"{gateway.url}/api/v2/aibridge/openai/v1/chat/completions", trust_env=False,
                       headers={"authorization": f"Bearer {gateway.user_key}"},
                       json={"model": "gpt-4.1", "stream": True,
@@ -125,7 +132,7 @@ def test_openai_chat_stream_hides_the_usage_chunk_it_asked_for(gateway: Gateway,
 
 
 def test_openai_sdk_chat_stream_with_usage_and_tools(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     client = openai_client(gateway, gateway.user_key)
     stream = client.chat.completions.create(
         model="gpt-4.1", stream=True, stream_options={"include_usage": True}, tools=TOOLS_OPENAI,
@@ -142,7 +149,7 @@ def test_openai_sdk_chat_stream_with_usage_and_tools(gateway: Gateway, upstream)
 def test_openai_responses_stream_and_blocking(gateway: Gateway, upstream) -> None:
     client = openai_client(gateway, gateway.user_key)
     for stream in (True, False):
-        before = count(gateway)
+        before = mark(gateway)
         kwargs = {"model": "gpt-5-codex", "input": "write a poem", "reasoning": {"summary": "auto"}}
         if stream:
             events = list(client.responses.create(stream=True, **kwargs))
@@ -226,7 +233,7 @@ def test_unknown_instance_and_path(gateway: Gateway, upstream) -> None:
 
 
 def test_byok_forwards_the_clients_own_key(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     own = "sk-ant-api03-USERS-OWN-KEY-cccccccccccccccc"
     client = anthropic.Anthropic(base_url=f"{gateway.url}/api/v2/aibridge/anthropic", api_key=own,
                                  default_headers={"X-Aigw-Token": gateway.user_key}, max_retries=0)
@@ -241,7 +248,7 @@ def test_byok_forwards_the_clients_own_key(gateway: Gateway, upstream) -> None:
 
 
 def test_passthrough_routes_are_relayed_not_recorded(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     r = httpx.get(f"{gateway.url}/api/v2/aibridge/openai/v1/models", trust_env=False,
                   headers={"authorization": f"Bearer {gateway.user_key}"})
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "fake-model"
@@ -253,12 +260,11 @@ def test_passthrough_routes_are_relayed_not_recorded(gateway: Gateway, upstream)
     # A later recorded request proves the writer caught up; the passthrough calls added nothing.
     anthropic_client(gateway, gateway.user_key).messages.create(
         model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    latest_after(gateway, before)
-    assert count(gateway) == before + 1
+    assert len(since(gateway, before)) == 1
 
 
 def test_malformed_json_is_a_recorded_400(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     r = httpx.post(f"{gateway.url}/api/v2/aibridge/anthropic/v1/messages", content=b"{not json",
                    headers={"x-api-key": gateway.user_key, "content-type": "application/json"}, trust_env=False)
     assert r.status_code == 400
@@ -270,7 +276,7 @@ def test_malformed_json_is_a_recorded_400(gateway: Gateway, upstream) -> None:
 
 
 def test_upstream_error_is_relayed_and_recorded(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     error = {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long"}}
     upstream.queue(Reply(status=400, chunks=[json.dumps(error).encode()]))
     r = httpx.post(f"{gateway.url}/api/v2/aibridge/anthropic/v1/messages", trust_env=False,
@@ -283,7 +289,7 @@ def test_upstream_error_is_relayed_and_recorded(gateway: Gateway, upstream) -> N
 
 
 def test_sse_error_after_200_is_relayed_and_recorded_failed(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
     events = anthropic_events(body)[:3]
     events.append(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
@@ -296,7 +302,7 @@ def test_sse_error_after_200_is_relayed_and_recorded_failed(gateway: Gateway, up
 
 
 def test_truncated_stream_is_recorded_failed_with_tokens_so_far(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
     upstream.queue(Reply(headers={"content-type": "text/event-stream"}, chunks=anthropic_events(body)[:4],
                          truncate=True))
@@ -310,7 +316,7 @@ def test_truncated_stream_is_recorded_failed_with_tokens_so_far(gateway: Gateway
 
 
 def test_unreachable_upstream_is_a_json_502_and_recorded(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     client = anthropic.Anthropic(base_url=f"{gateway.url}/api/v2/aibridge/dead", api_key=gateway.user_key,
                                  max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as raised:
@@ -323,7 +329,7 @@ def test_unreachable_upstream_is_a_json_502_and_recorded(gateway: Gateway, upstr
 
 
 def test_known_models_are_priced(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     anthropic_client(gateway, gateway.user_key).messages.create(
         model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     row = latest_after(gateway, before)
@@ -372,7 +378,7 @@ def test_stream_is_not_buffered(gateway: Gateway, upstream) -> None:
 
 
 def test_client_disconnect_mid_stream_is_cancelled(gateway: Gateway, upstream) -> None:
-    before = count(gateway)
+    before = mark(gateway)
     body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "bye"}]}
     events = anthropic_events(body)
     gate = Gate(timeout=10)
