@@ -103,6 +103,10 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         from mitmproxy.tools.dump import DumpMaster
 
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    # mitmproxy's bridge to the deprecated `add_log` hook formats every log record and
+    # runs that hook through every addon on the loop; no addon here uses it, and it was
+    # the largest single cost per request in scripts/bench (see BENCHMARKS.md).
+    master._legacy_log_events.uninstall()  # type: ignore[attr-defined]
     bedrock = BedrockUpstreams(settings)
     interceptor = Interceptor(recorder.record, bedrock.upstream_for)
     shutdown = GracefulShutdown(interceptor)

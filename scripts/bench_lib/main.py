@@ -25,7 +25,7 @@ from typing import Any
 
 from bench_lib import profile, recorder, report
 from bench_lib.common import rounded
-from bench_lib.procs import Proc, Sampler, rss_bytes
+from bench_lib.procs import Proc, Sampler, machine_busy_seconds, rss_bytes
 from bench_lib.systems import (
     PY,
     REPO,
@@ -65,12 +65,15 @@ class Params:
     s6_requests: int = 50000
     s6_concurrency: int = 16
     s6_warmup: int = 1000
+    s6_fresh: bool = True  # soak a freshly started process
+    s4_apis: tuple[str, ...] = APIS
 
     @classmethod
     def quick(cls) -> Params:
-        return cls(s1_concurrency=(2, 4), s1_duration=0.5, s1_warmup=0.2, s2_events=20, s2_interval_ms=1,
+        return cls(s1_concurrency=(4,), s1_duration=0.5, s1_warmup=0.2, s2_events=20, s2_interval_ms=1,
                    s2_concurrency=2, s2_streams=1, s3_streams=10, s3_seconds=1.0, s3_interval_ms=100,
-                   s3_ramp=0.2, s5_requests=300, s6_requests=200, s6_concurrency=4, s6_warmup=20)
+                   s3_ramp=0.2, s5_requests=300, s6_requests=200, s6_concurrency=4, s6_warmup=20,
+                   s6_fresh=False, s4_apis=("anthropic",))
 
 
 def log(msg: str) -> None:
@@ -123,6 +126,16 @@ class Bench:
             t1 = time.monotonic()
         result["window"] = [t0, t1]
         result["procs"] = sampler.result
+        # CPU used by processes that are not part of this measurement (e.g. other jobs on the machine).
+        ours = sum(p.get("cpu_pct", 0) for p in sampler.result.values()) + float(result.get("loadgen_cpu_pct") or 0)
+        sut = sampler.result.get("sut")
+        if sut and result.get("rps") and spec["mode"] == "blocking":
+            # CPU time per request is steadier than req/s when the machine is shared.
+            result["cpu_ms_per_req"] = round(10 * sut["cpu_pct"] / result["rps"], 3)
+        if sut and result.get("events"):
+            result["cpu_us_per_event"] = round(1e4 * sut["cpu_pct"] * (t1 - t0) / result["events"], 2)
+        result["machine_cpu_pct"] = sampler.machine_cpu_pct
+        result["other_cpu_pct"] = round(max(sampler.machine_cpu_pct - ours, 0.0), 1)
         return result
 
     def spec(self, sysm: System, api: str, mode: str, stream: bool, **extra: Any) -> dict[str, Any]:
@@ -186,6 +199,20 @@ class Bench:
         # Keep the systems (and their idle CPU) in the order they are measured.
         self.systems = {n: self.systems[n] for n in ORDER if n in self.systems}
 
+    def wait_quiet(self, limit: float) -> None:
+        """Report (and with --wait-quiet, wait out) CPU load from processes outside the benchmark."""
+        deadline = time.monotonic() + limit
+        while True:
+            b0, t0 = machine_busy_seconds(), time.monotonic()
+            time.sleep(2.0)
+            busy = 100 * (machine_busy_seconds() - b0) / (time.monotonic() - t0)
+            self.results.setdefault("background_cpu_pct_before", []).append(round(busy, 1))
+            if busy < 25 or time.monotonic() >= deadline:
+                log(f"background CPU before measuring: {busy:.0f} % of one CPU"
+                    + ("" if busy < 25 else " (busy machine: figures will be noisy)"))
+                return
+            log(f"machine busy ({busy:.0f} % of one CPU outside the benchmark); waiting for it to calm down")
+
     def stop(self) -> None:
         for sysm in self.systems.values():
             try:
@@ -244,8 +271,11 @@ class Bench:
         for sysm in self.active():
             spec: dict[str, Any] = {
                 "mode": "hold", "target": sysm.target(), "host_header": sysm.host_header(),
+                # Stream lengths chosen so each API delivers exactly `events` stamped events.
                 "requests": [{"path": sysm.paths[api], "headers": sysm.headers[api],
-                              "body": request_body(api, sysm.models[api], True, events + 5, p.s3_interval_ms)}
+                              "body": request_body(api, sysm.models[api], True,
+                                                   events + events - stamped_events(api, events),
+                                                   p.s3_interval_ms)}
                              for api in APIS],
                 "concurrency": p.s3_streams, "ramp": p.s3_ramp, "expect_events": events,
                 "timeout": p.s3_seconds + p.s3_ramp + 90,
@@ -261,7 +291,7 @@ class Bench:
         p = self.p
         up = self.up
         assert up is not None
-        params = {"mode": "HTTPS_PROXY: CONNECT, TLS interception, keep-alive", "apis": list(APIS),
+        params = {"mode": "HTTPS_PROXY: CONNECT, TLS interception, keep-alive", "apis": list(p.s4_apis),
                   "blocking_concurrency": list(p.s1_concurrency), "duration_s": p.s1_duration,
                   "stream_events": p.s2_events, "stream_interval_ms": p.s2_interval_ms,
                   "stream_concurrency": p.s2_concurrency, "upstream": f"HTTPS on {sorted(TLS_HOSTS.values())}"}
@@ -290,7 +320,7 @@ class Bench:
                     "headers": sysm.proxy["headers"][api]}
         paths = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
         models = self.systems["direct"].models
-        for api in APIS:
+        for api in p.s4_apis:
             for name in ORDER:
                 if name not in targets:
                     continue
@@ -337,7 +367,7 @@ class Bench:
         up = self.up
         assert up is not None
         params = {"requests": p.s6_requests, "concurrency": p.s6_concurrency, "warmup_requests": p.s6_warmup,
-                  "apis": "alternating anthropic / openai, blocking", "fresh_process": True}
+                  "apis": "alternating anthropic / openai, blocking", "fresh_process": p.s6_fresh}
         log(f"scenario 6 (soak): {params}")
         out: dict[str, Any] = {"params": params, "systems": {}}
         soakers = [n for n in ("mitmproxy", "aigw") if n in self.systems]
@@ -347,11 +377,12 @@ class Bench:
             out["systems"]["peer"] = {"skipped": "not run by default (LiteLLM needs several minutes for "
                                                  "50,000 requests here); --soak-peer runs it"}
         for name in soakers:
-            # A fresh process, so RSS growth is the soak's own.
-            self.systems[name].stop()
-            starter = {"mitmproxy": start_mitmproxy, "aigw": start_aigw, "peer": start_peer}[name]
-            fresh = starter(self.work / "soak", up)
-            self.systems[name] = fresh
+            fresh = self.systems[name]
+            if p.s6_fresh:
+                # A fresh process, so RSS growth is the soak's own.
+                fresh.stop()
+                starter = {"mitmproxy": start_mitmproxy, "aigw": start_aigw, "peer": start_peer}[name]
+                fresh = self.systems[name] = starter(self.work / "soak", up)
             assert fresh.proc is not None
             reqs = [{"path": fresh.paths[api], "headers": fresh.headers[api],
                      "body": request_body(api, fresh.models[api], False)} for api in APIS]
@@ -372,10 +403,15 @@ class Bench:
             res["rss_start_mb"] = round(rss0 / 2**20, 1)
             res["rss_end_mb"] = round(rss1 / 2**20, 1)
             res["rss_growth_pct"] = round(100 * (rss1 - rss0) / rss0, 2) if rss0 else None
+            # Growth over the second half only: a leak keeps growing, a warm-up plateaus.
+            mid = (r.get("procs", {}).get("sut") or {}).get("rss_mid_mb")
+            res["rss_mid_mb"] = mid
+            res["rss_second_half_growth_pct"] = round(100 * (rss1 / 2**20 - mid) / mid, 2) if mid else None
             out["systems"][name] = res
             self.record("6", name, {}, res)
-            log(f"  {name}: {r.get('rps', 0):.0f} req/s, RSS {res['rss_start_mb']} -> {res['rss_end_mb']} MB "
-                f"({res['rss_growth_pct']} %), errors {r.get('errors')}"
+            log(f"  {name}: {r.get('rps', 0):.0f} req/s, RSS {res['rss_start_mb']} -> {res['rss_mid_mb']} -> "
+                f"{res['rss_end_mb']} MB ({res['rss_growth_pct']} %; "
+                f"second half {res['rss_second_half_growth_pct']} %), errors {r.get('errors')}"
                 + (f", rows {res['rows']}" if name == "aigw" else ""))
         self.results["6_soak"] = out
 
@@ -479,6 +515,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="py-spy the aigw and mitmproxy hot paths (extra runs)")
     ap.add_argument("--soak-peer", action="store_true", help="also soak the peer (slow)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, databases)")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="before measuring, wait up to this long for other processes to leave the CPUs idle")
     d = Params()
     ap.add_argument("--duration", type=float, help=f"scenario 1/4 seconds per run (default {d.s1_duration:g})")
     ap.add_argument("--hold-streams", type=int, help=f"scenario 3 streams (default {d.s3_streams})")
@@ -519,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work directory {work}; results -> {out_path}")
     try:
         bench.start()
+        bench.wait_quiet(args.wait_quiet)
         standalone: dict[str, Any] | None = None
         if "5" in scenarios:
             # The writer alone first, while every system is idle.

@@ -110,6 +110,16 @@ class Proc:
         return self.popen.returncode
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds all CPUs spent busy since boot (from /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 class Sampler:
     """Samples a set of process trees (RSS, CPU) in a thread while a measurement runs."""
 
@@ -118,6 +128,8 @@ class Sampler:
         self.interval = interval
         self.rss: dict[str, list[int]] = {k: [] for k in self.procs}
         self._cpu0: dict[str, float] = {}
+        self._machine0 = 0.0
+        self.machine_cpu_pct = 0.0  # all processes on the machine, 100 = one CPU
         self._t0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -134,6 +146,7 @@ class Sampler:
     def __enter__(self) -> Sampler:
         self._t0 = time.monotonic()
         self._cpu0 = {k: cpu_seconds(p.pids()) for k, p in self.procs.items()}
+        self._machine0 = machine_busy_seconds()
         self._sample()
         self._thread.start()
         return self
@@ -143,6 +156,7 @@ class Sampler:
         self._thread.join()
         self._sample()
         elapsed = max(time.monotonic() - self._t0, 1e-9)
+        self.machine_cpu_pct = round(100 * (machine_busy_seconds() - self._machine0) / elapsed, 1)
         mb = 1 / (1024 * 1024)
         for name, proc in self.procs.items():
             cpu = cpu_seconds(proc.pids()) - self._cpu0[name]
@@ -152,4 +166,5 @@ class Sampler:
                 "rss_start_mb": round(rss[0] * mb, 1),
                 "rss_max_mb": round(max(rss) * mb, 1),
                 "rss_end_mb": round(rss[-1] * mb, 1),
+                "rss_mid_mb": round(rss[len(rss) // 2] * mb, 1),
             }

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def start_mitmproxy(work: Path, up: Upstream) -> System:
         argv += ["--set", f"ssl_verify_upstream_trusted_ca={up.ca}"]
     proc = Proc("mitmproxy", argv, cwd=d, env=clean_env(BENCH_UPSTREAM=f"127.0.0.1:{up.port}"),
                 log=d / "mitmdump.log")
-    wait_port(port, 30, proc)
+    _or_stop(proc, lambda: wait_port(port, 30, proc))
     sysm = System("mitmproxy", "127.0.0.1", port, dict(GATEWAY_PATHS),
                   {"anthropic": {"anthropic-version": "2023-06-01"}, "openai": {}}, MODELS, proc, workdir=d)
     sysm.info["argv"] = " ".join(argv[1:])
@@ -174,6 +175,15 @@ def start_mitmproxy(work: Path, up: Upstream) -> System:
                       "headers": {"anthropic": {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"},
                                   "openai": {"authorization": f"Bearer {OPENAI_KEY}"}}}
     return sysm
+
+
+def _or_stop(proc: Proc, wait: Callable[[], None]) -> None:
+    """Run the readiness wait; a process that never became ready is stopped, not leaked."""
+    try:
+        wait()
+    except BaseException:
+        proc.stop()
+        raise
 
 
 def wait_port(port: int, timeout: float, proc: Proc) -> None:
@@ -250,7 +260,7 @@ def start_aigw(work: Path, up: Upstream, name: str = "aigw") -> System:
         args += ["--set", f"ssl_verify_upstream_trusted_ca={up.ca}"]
     env["AIGW_BENCH_WRITER_STATS"] = str(d / "writer-stats.jsonl")
     proc = Proc(name, [PY, "-m", "bench_lib.aigw_probe", *args], cwd=d, env=env, log=d / "aigw.log")
-    wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
+    _or_stop(proc, lambda: wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc))
     sysm = System(name, "127.0.0.1", port, dict(GATEWAY_PATHS),
                   {"anthropic": {"x-api-key": key, "anthropic-version": "2023-06-01"},
                    "openai": {"authorization": f"Bearer {key}"}}, MODELS, proc, notes=notes, workdir=d)
@@ -342,7 +352,7 @@ def start_peer(work: Path, up: Upstream) -> System:
     env.pop("PYTHONPATH", None)
     proc = Proc("peer", [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)], cwd=d,
                 env=env, log=d / "litellm.log")
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc)
+    _or_stop(proc, lambda: wait_http(f"http://127.0.0.1:{port}/health/liveliness", 180, proc))
     version = subprocess.run([str(PEER_VENV / "bin" / "python"), "-c",
                               "import importlib.metadata as m; print(m.version('litellm'))"],
                              capture_output=True, text=True, timeout=60).stdout.strip()
