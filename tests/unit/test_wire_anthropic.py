@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from addons.wire import anthropic
 from addons.wire.model import ResponseSummary, Thought, TokenUsage, ToolCall
 from addons.wire.sse import SSEDecoder
+from tests.sse_replay import replay
 from tests.txtar import FIXTURES, SKIP_REASON, load, split_http
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -30,15 +31,7 @@ def sse(*events: dict[str, Any] | str) -> bytes:
 
 
 def run(data: bytes, cuts: list[int] | None = None) -> ResponseSummary:
-    decoder, parser = SSEDecoder(), anthropic.StreamParser()
-    start = 0
-    for cut in sorted(set(cuts or [])):
-        for event in decoder.feed(data[start:cut]):
-            parser.on_event(event)
-        start = cut
-    for event in decoder.feed(data[start:]) + decoder.close():
-        parser.on_event(event)
-    return parser.summary()
+    return replay(anthropic.StreamParser(), data, cuts)
 
 
 def message_start(usage: dict[str, Any], msg_id: str = "msg_1", model: str = "claude-x") -> dict[str, Any]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from addons.wire import chat
 from addons.wire.model import ResponseSummary, TokenUsage, ToolCall
 from addons.wire.sse import SSEDecoder, SSEEvent
+from tests.sse_replay import replay
 from tests.txtar import FIXTURES, SKIP_REASON, load, split_http
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -24,15 +25,7 @@ def sse(*chunks: dict[str, Any] | str) -> bytes:
 
 
 def run(data: bytes, cuts: list[int] | None = None) -> ResponseSummary:
-    decoder, parser = SSEDecoder(), chat.StreamParser()
-    start = 0
-    for cut in sorted(set(cuts or [])):
-        for event in decoder.feed(data[start:cut]):
-            parser.on_event(event)
-        start = cut
-    for event in decoder.feed(data[start:]) + decoder.close():
-        parser.on_event(event)
-    return parser.summary()
+    return replay(chat.StreamParser(), data, cuts)
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, index: int = 0, **extra: Any) -> dict:

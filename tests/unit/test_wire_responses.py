@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from addons.wire import responses
 from addons.wire.model import ResponseSummary, Thought, TokenUsage, ToolCall
-from addons.wire.sse import SSEDecoder
+from tests.sse_replay import replay
 from tests.txtar import FIXTURES, SKIP_REASON, load, split_http
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -30,15 +30,7 @@ def sse(*events: dict[str, Any] | tuple[str, str]) -> bytes:
 
 
 def run(data: bytes, cuts: list[int] | None = None) -> ResponseSummary:
-    decoder, parser = SSEDecoder(), responses.StreamParser()
-    start = 0
-    for cut in sorted(set(cuts or [])):
-        for event in decoder.feed(data[start:cut]):
-            parser.on_event(event)
-        start = cut
-    for event in decoder.feed(data[start:]) + decoder.close():
-        parser.on_event(event)
-    return parser.summary()
+    return replay(responses.StreamParser(), data, cuts)
 
 
 _sequence = iter(range(10**9))
