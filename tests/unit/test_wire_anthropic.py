@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from addons.wire import anthropic
 from addons.wire.model import ResponseSummary, Thought, TokenUsage, ToolCall
 from addons.wire.sse import SSEDecoder
-from tests.sse_replay import replay
-from tests.txtar import FIXTURES, SKIP_REASON, load, split_http
+from tests.sse_replay import fixture_params, replay
+from tests.sse_replay import parse_fixture as _parse_fixture
+from tests.txtar import FIXTURES, SKIP_REASON
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -393,27 +394,11 @@ FIXTURE_DIR = FIXTURES / "anthropic" if FIXTURES else None
 
 
 def _fixture_params() -> list[Any]:
-    if FIXTURE_DIR is None:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=SKIP_REASON))]
-    return [pytest.param(path, id=path.stem) for path in sorted(FIXTURE_DIR.glob("*.txtar"))]
+    return fixture_params(FIXTURE_DIR)
 
 
 def parse_fixture(path: Path) -> dict[str, Any]:
-    """Every section of a fixture, parsed: request -> RequestInfo, others -> ResponseSummary."""
-    _, sections = load(path)
-    parsed: dict[str, Any] = {}
-    for name, text in sections.items():
-        if name == "request":
-            parsed[name] = anthropic.parse_request(orjson.loads(text))
-        elif (http := split_http(text)) is not None:
-            parsed[name] = anthropic.parse_response(orjson.loads(http[1]))
-        elif name.startswith("streaming"):
-            data = text.encode()
-            parsed[name] = run(data)
-            assert run(data, list(range(0, len(data), 7))) == parsed[name]
-        else:
-            parsed[name] = anthropic.parse_response(orjson.loads(text))
-    return parsed
+    return _parse_fixture(anthropic, path, stride=7)
 
 
 @pytest.mark.parametrize("path", _fixture_params())

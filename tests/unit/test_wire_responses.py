@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from addons.wire import responses
 from addons.wire.model import ResponseSummary, Thought, TokenUsage, ToolCall
-from tests.sse_replay import replay
-from tests.txtar import FIXTURES, SKIP_REASON, load, split_http
+from tests.sse_replay import fixture_params, replay
+from tests.sse_replay import parse_fixture as _parse_fixture
+from tests.txtar import FIXTURES, SKIP_REASON
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -520,31 +521,11 @@ FIXTURE_DIR = FIXTURES / "openai" / "responses" if FIXTURES else None
 
 
 def _fixture_params() -> list[Any]:
-    if FIXTURE_DIR is None:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=SKIP_REASON))]
-    return [pytest.param(path, id=f"{path.parent.name}/{path.stem}") for path in sorted(FIXTURE_DIR.rglob("*.txtar"))]
+    return fixture_params(FIXTURE_DIR)
 
 
 def parse_fixture(path: Path) -> dict[str, Any]:
-    _, sections = load(path)
-    parsed: dict[str, Any] = {}
-    for name, text in sections.items():
-        if name == "request":
-            parsed[name] = responses.parse_request(orjson.loads(text))
-        elif (http := split_http(text)) is not None:
-            parsed[name] = responses.parse_response(orjson.loads(http[1]))
-        elif name.startswith("streaming"):
-            data = text.encode()
-            parsed[name] = run(data)
-            assert run(data, list(range(0, len(data), 13))) == parsed[name]
-        else:
-            try:
-                body = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                parsed[name] = None  # wrong_response_format: not JSON, nothing to parse
-                continue
-            parsed[name] = responses.parse_response(body)
-    return parsed
+    return _parse_fixture(responses, path, stride=13)
 
 
 @pytest.mark.parametrize("path", _fixture_params())
