@@ -143,3 +143,25 @@ class Gateway:
             if done(rows) or time.monotonic() > deadline:
                 return rows
             time.sleep(0.1)
+
+
+def settled_count(gw: Gateway) -> int:
+    """Interceptions so far, once every earlier one is written and ended (so the next one recorded is
+    ours): the recorder writes in batches, so the count must hold still across a flush interval."""
+    sql = "select count(*) as n, count(ended_at) as ended from aibridge_interceptions"
+    previous = -1
+    while True:
+        n = gw.wait_for(sql, lambda r: r[0]["n"] == r[0]["ended"])[0]["n"]
+        if n == previous:
+            return n
+        previous = n
+        time.sleep(0.3)
+
+
+def latest_ended_after(gw: Gateway, before: int) -> dict[str, Any]:
+    rows = gw.wait_for("select * from aibridge_interceptions where ended_at is not null order by started_at",
+                       lambda r: len(r) > before)
+    assert len(rows) > before, "the request was not recorded"
+    row = rows[-1]
+    row["metadata"] = json.loads(row["metadata"])
+    return row

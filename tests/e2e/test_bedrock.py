@@ -23,6 +23,8 @@ from tests import txtar
 from tests.eventstream_encoder import chunk_frame, corrupt_crc, error_frame, exception_frame
 from tests.fakes.bedrock import COUNT_TOKENS, TEXT, FakeBedrock, Received, Reply, anthropic_events
 from tests.gateway_process import Gateway, clean_env
+from tests.gateway_process import latest_ended_after as latest_after
+from tests.gateway_process import settled_count as count
 
 pytestmark = pytest.mark.e2e
 
@@ -107,28 +109,6 @@ def _reset(fake: FakeBedrock, chain_fake: FakeBedrock) -> None:
 def client(gw: Gateway, instance: str = "anthropic-bedrock") -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=f"{gw.url}/api/v2/aibridge/{instance}", api_key=gw.user_key,  # type: ignore[attr-defined]
                                max_retries=0)
-
-
-def count(gw: Gateway) -> int:
-    """Interceptions so far, once every earlier one is written and ended (so the next one recorded is
-    ours): the recorder writes in batches, so the count must hold still across a flush interval."""
-    sql = "select count(*) as n, count(ended_at) as ended from aibridge_interceptions"
-    previous = -1
-    while True:
-        n = gw.wait_for(sql, lambda r: r[0]["n"] == r[0]["ended"])[0]["n"]
-        if n == previous:
-            return n
-        previous = n
-        time.sleep(0.3)
-
-
-def latest_after(gw: Gateway, before: int) -> dict[str, Any]:
-    rows = gw.wait_for("select * from aibridge_interceptions where ended_at is not null order by started_at",
-                       lambda r: len(r) > before)
-    assert len(rows) > before, "the request was not recorded"
-    row = rows[-1]
-    row["metadata"] = json.loads(row["metadata"])
-    return row
 
 
 def tokens(gw: Gateway, iid: str) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from tests.eventstream_encoder import chunk_frame, converse_frame
 from tests.fakes.bedrock import COUNT_TOKENS, TEXT, FakeBedrock, Reply, anthropic_events
 from tests.fakes.tls import Pki
 from tests.gateway_process import Gateway, clean_env
+from tests.gateway_process import latest_ended_after as latest_after
+from tests.gateway_process import settled_count as count
 
 pytestmark = pytest.mark.e2e
 
@@ -153,28 +154,6 @@ def bedrock(gw: Gateway, byok_fake: FakeBedrock | None = None, region: str = "us
         "bedrock-runtime", region_name=region, endpoint_url=endpoint, verify=gateway_ca(gw),
         aws_access_key_id=key, aws_secret_access_key=secret,
         config=Config(proxies={"https": proxy_url(gw)}, retries={"total_max_attempts": 1, "mode": "standard"}))
-
-
-def count(gw: Gateway) -> int:
-    """Interceptions so far, once every earlier one is written and ended (so the next one recorded is
-    ours): the recorder writes in batches, so the count must hold still across a flush interval."""
-    sql = "select count(*) as n, count(ended_at) as ended from aibridge_interceptions"
-    previous = -1
-    while True:
-        n = gw.wait_for(sql, lambda r: r[0]["n"] == r[0]["ended"])[0]["n"]
-        if n == previous:
-            return n
-        previous = n
-        time.sleep(0.3)
-
-
-def latest_after(gw: Gateway, before: int) -> dict[str, Any]:
-    rows = gw.wait_for("select * from aibridge_interceptions where ended_at is not null order by started_at",
-                       lambda r: len(r) > before)
-    assert len(rows) > before, "the request was not recorded"
-    row = rows[-1]
-    row["metadata"] = json.loads(row["metadata"])
-    return row
 
 
 def children(gw: Gateway, table: str, iid: str) -> list[dict[str, Any]]:
