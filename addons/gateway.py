@@ -20,6 +20,7 @@ from addons.auth import KeyCache
 from addons.bedrock import BedrockUpstreams
 from addons.config import Settings
 from addons.dumps import Dumps
+from addons.engine import AigwMaster, use_hook_table
 from addons.intercept import Interceptor
 from addons.keypool import KeyFailover
 from addons.logs import Logs, LogSetupError, setup_logging
@@ -98,11 +99,10 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         from addons.web import AigwWebMaster, WebUi
 
         master: object = AigwWebMaster(opts, configured_secrets(settings))  # redacts what the UI receives
+        use_hook_table(master)  # type: ignore[arg-type]
         web_addons.append(WebUi())
     else:
-        from mitmproxy.tools.dump import DumpMaster
-
-        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master = AigwMaster(opts)
     # mitmproxy's bridge to the deprecated `add_log` hook formats every log record and
     # runs that hook through every addon on the loop; no addon here uses it, and it was
     # the largest single cost per request in scripts/bench (see BENCHMARKS.md).
@@ -144,6 +144,8 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     )
     if sets:
         opts.set(*sets)
+    if isinstance(master, AigwMaster):
+        master.drop_idle_builtins()
     ca.ensure_ca(Path(opts.confdir).expanduser(), opts.key_size)  # private key owner-only
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

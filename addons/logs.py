@@ -255,8 +255,11 @@ class StructuredLog:
 
     def __call__(self, record: Record) -> None:
         fields = self.fields(record)
-        if fields is not None:
-            self.log.info(INTERCEPTION_MESSAGE, extra=fields)
+        if fields is not None and self.log.isEnabledFor(logging.INFO):
+            # Built directly: `Logger.info` would also walk the stack for a caller nobody prints.
+            entry = logging.LogRecord(self.log.name, logging.INFO, "", 0, INTERCEPTION_MESSAGE, None, None)
+            entry.__dict__.update(fields)
+            self.log.handle(entry)
 
     def fields(self, r: Record) -> dict[str, Any] | None:
         kind = type(r)

@@ -163,8 +163,18 @@ class Metrics:
     def __init__(self, queue_depth: Callable[[], int] | None = None) -> None:
         self.open: dict[str, _Open] = {}
         self.extra_types: set[str] = set()
+        # (metric, label values) -> child: `labels()` validates and locks on every call, and the
+        # set of label values is bounded the same way the metric's own children are.
+        self.children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         if queue_depth is not None:
             RECORDER_QUEUE.set_function(queue_depth)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        key = (metric, values)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*values)
+        return found
 
     # -- recorder sink -----------------------------------------------------------
 
@@ -179,24 +189,24 @@ class Metrics:
         elif kind is PromptRecord:
             o = self.open.get(record.interception_id)  # type: ignore[union-attr]
             if o is not None:
-                PROMPTS.labels(o.provider, o.model, o.initiator, o.client).inc()
+                self.child(PROMPTS, o.provider, o.model, o.initiator, o.client).inc()
         elif kind is ToolUsageRecord:
             self.tool(record)  # type: ignore[arg-type]
 
     def started(self, r: InterceptionStart) -> None:
         if len(self.open) >= self.MAX_OPEN:  # an end never came; do not grow without bound
             stale = self.open.pop(next(iter(self.open)))
-            INFLIGHT.labels(stale.provider, stale.model, stale.route).dec()
+            self.child(INFLIGHT, stale.provider, stale.model, stale.route).dec()
         o = self.open[r.id] = _Open(r)
-        INFLIGHT.labels(o.provider, o.model, o.route).inc()
+        self.child(INFLIGHT, o.provider, o.model, o.route).inc()
 
     def ended(self, r: InterceptionEnd) -> None:
         o = self.open.pop(r.id, None)
         if o is None:
             return
-        INFLIGHT.labels(o.provider, o.model, o.route).dec()
-        INTERCEPTIONS.labels(o.provider, o.model, r.status, o.route, o.method, o.initiator, o.client).inc()
-        DURATION.labels(o.provider, o.model).observe(max(0.0, (r.ended_at - o.started_at).total_seconds()))
+        self.child(INFLIGHT, o.provider, o.model, o.route).dec()
+        self.child(INTERCEPTIONS, o.provider, o.model, r.status, o.route, o.method, o.initiator, o.client).inc()
+        self.child(DURATION, o.provider, o.model).observe(max(0.0, (r.ended_at - o.started_at).total_seconds()))
 
     def tokens(self, r: TokenUsageRecord) -> None:
         o = self.open.get(r.interception_id)
@@ -213,7 +223,7 @@ class Metrics:
                 values[key] = value
         for token_type, value in values.items():
             if value > 0:
-                TOKENS.labels(o.provider, model, token_type, o.initiator, o.client).inc(value)
+                self.child(TOKENS, o.provider, model, token_type, o.initiator, o.client).inc(value)
 
     def _extra_type(self, key: str) -> bool:
         # Metadata keys come from provider responses: cap how many label values they can create.
@@ -229,9 +239,9 @@ class Metrics:
         if o is None:
             return
         if r.injected:
-            INJECTED_TOOLS.labels(o.provider, o.model, r.server_url or UNKNOWN, r.tool).inc()
+            self.child(INJECTED_TOOLS, o.provider, o.model, r.server_url or UNKNOWN, r.tool).inc()
         else:
-            NON_INJECTED_TOOLS.labels(o.provider, o.model, r.tool).inc()
+            self.child(NON_INJECTED_TOOLS, o.provider, o.model, r.tool).inc()
 
     # -- recorder writer hook (runs on the writer thread) ------------------------
 
@@ -253,7 +263,7 @@ class Metrics:
         if ctx is None or ctx.route.intercepted or ctx.extra.get("aigw_metrics_counted"):
             return
         ctx.extra["aigw_metrics_counted"] = True  # response and error can both fire
-        PASSTHROUGH.labels(ctx.instance.name, ctx.route.name, flow.request.method).inc()
+        self.child(PASSTHROUGH, ctx.instance.name, ctx.route.name, flow.request.method).inc()
 
 
 def chain_on_batch(writer: Any) -> None:

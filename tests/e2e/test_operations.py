@@ -511,6 +511,10 @@ def test_startup_errors_are_one_clear_line(tmp_path: Path, upstream) -> None:
     assert f"cannot serve Prometheus metrics on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
 
+    result = serve_fails(tmp_path, upstream, "--set", "no_such_option=1")
+    assert result.stderr.strip().count("\n") == 0
+    assert "no_such_option" in result.stderr and "Traceback" not in result.stderr
+
 
 def test_locked_database_names_the_process_holding_it(ops: Gateway, upstream, tmp_path: Path) -> None:
     assert ops.proc is not None
