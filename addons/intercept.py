@@ -39,7 +39,7 @@ from addons.routing import inject_credential, json_response
 from addons.upstream import Refusal, Upstream
 from addons.wire import anthropic, chat, responses
 from addons.wire.model import RequestInfo, ResponseSummary
-from addons.wire.sse import SSEDecoder
+from addons.wire.sse import SSEDecoder, lone_block
 
 log = logging.getLogger("aigw.intercept")
 
@@ -64,6 +64,10 @@ class Interception:
     token_metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def _strip_usage_null(raw: bytes) -> bytes:
+    return raw.replace(USAGE_NULL[0], b"").replace(USAGE_NULL[1], b"")
+
+
 class StreamTap:
     """The callable set as `flow.response.stream`. Never raises."""
 
@@ -79,6 +83,9 @@ class StreamTap:
         if self.failed:
             return chunk
         try:
+            if self.decoder.idle and (block := lone_block(chunk)) is not None and self.parser.skips(*block):
+                # Most chunks are one text delta: nothing to record, nothing to decode.
+                return [_strip_usage_null(chunk)] if self.hide_usage else chunk
             events = self.decoder.feed(chunk) if chunk else self.decoder.close()
             for event in events:
                 if event.data is not None:
@@ -87,7 +94,7 @@ class StreamTap:
                 return chunk
             out = b"".join(e.raw for e in events if not chat.is_usage_only_chunk(e))
             # An empty data chunk would end the client's chunked body early: send nothing instead.
-            return [out.replace(USAGE_NULL[0], b"").replace(USAGE_NULL[1], b"")] if out else []
+            return [_strip_usage_null(out)] if out else []
         except Exception:
             # A parser bug must not break the client's stream: stop parsing, keep relaying.
             log.exception("stream tap failed; relaying the rest unparsed")

@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 _JSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
 
-THREAD_MAP_SIZE = 200_000
+THREAD_MAP_SIZE = 50_000  # entries per map; a miss costs one database lookup on the writer thread
 _RETRY_GROUP = 128
 _MISSING = object()
 
@@ -294,8 +294,12 @@ class RecordWriter:
         self._warned_closed = False
         # provider_tool_call_id -> interception that recorded it (None: known absent)
         self._tool_owner = _Bounded(thread_map_size)
-        # interception id -> its thread_root_id (None: it is a root itself)
+        # interception id -> its thread_root_id (None: it is a root itself), for interceptions that
+        # recorded tool calls (only those can be parents); misses are looked up in the database.
         self._roots = _Bounded(thread_map_size)
+        # the same for interceptions started and not yet ended, until they record a tool call
+        self._open_roots: OrderedDict[str, str | None] = OrderedDict()
+        self._open_cap = thread_map_size
         self._rows_written = 0
         self._batches = 0
         self._last_flush_seconds = 0.0
@@ -543,6 +547,7 @@ class RecordWriter:
         open_rows: dict[str, list[Any]] = {}
         tool_owner = self._tool_owner
         roots = self._roots
+        open_roots = self._open_roots
         price = self._price
         for r in records:
             kind = type(r)
@@ -563,6 +568,9 @@ class RecordWriter:
                 )
                 if r.provider_tool_call_id:
                     tool_owner.set(r.provider_tool_call_id, r.interception_id)
+                    owner = r.interception_id
+                    if owner not in roots and owner in open_roots:
+                        roots.set(owner, open_roots[owner])
             elif kind is TokenUsageRecord:
                 cost = None
                 if price is not None:
@@ -593,11 +601,13 @@ class RecordWriter:
                     metadata["correlating_tool_call_id"] = cid
                     parent = tool_owner.get(cid)
                     if parent is not None and parent != r.id:
-                        parent_root = roots.get(parent, _MISSING)
+                        parent_root = roots.get(parent, open_roots.get(parent, _MISSING))
                         root = parent if parent_root is _MISSING or parent_root is None else parent_root
                     else:
                         parent = None
-                roots.set(r.id, root)
+                open_roots[r.id] = root
+                if len(open_roots) > self._open_cap:  # an end never came
+                    open_roots.popitem(last=False)
                 row = [
                     r.id,
                     r.initiator_id,
@@ -619,6 +629,7 @@ class RecordWriter:
                 plan.interceptions.append(row)
                 open_rows[r.id] = row
             elif kind is InterceptionEnd:
+                open_roots.pop(r.id, None)
                 row = open_rows.get(r.id)
                 if row is not None:
                     row[_I_ENDED] = r.ended_at
@@ -656,7 +667,8 @@ class RecordWriter:
                     continue
                 if cid in tool_owner:
                     parent = tool_owner.get(cid)
-                    if parent is not None and parent not in roots and parent not in seen_starts:
+                    if (parent is not None and parent not in roots and parent not in self._open_roots
+                            and parent not in seen_starts):
                         need_roots.add(parent)
                 else:
                     need_calls.add(cid)

@@ -162,6 +162,12 @@ class StreamParser:
         self._error: str | None = None
         self._complete = False
 
+    def skips(self, name: str | None, data: bytes) -> bool:
+        """True when `on_event` would ignore this block (see `sse.lone_block`): the hot path."""
+        if name == "content_block_delta":
+            return b"thinking_delta" not in data and b"input_json_delta" not in data
+        return name in _UNINTERESTING_EVENTS
+
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
         if data is None:

@@ -205,6 +205,11 @@ class StreamParser:
         self._error: str | None = None
         self._complete = False
 
+    def skips(self, name: str | None, data: bytes) -> bool:
+        """True when `on_event` would ignore this block (see `sse.lone_block`): the hot path."""
+        return (self._response_id is not None and data[:1] == b"{"
+                and _is_plain_output(data.decode("utf-8", "replace")))
+
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
         if data is None:

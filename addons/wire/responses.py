@@ -263,6 +263,10 @@ class StreamParser:
         self._error: str | None = None
         self._complete = False
 
+    def skips(self, name: str | None, data: bytes) -> bool:
+        """True when `on_event` would ignore this block (see `sse.lone_block`): the hot path."""
+        return name is not None and not self._worth_parsing(name)
+
     def on_event(self, event: SSEEvent) -> None:
         data = event.data
         if data is None or not self._worth_parsing(event.event):

@@ -23,6 +23,27 @@ class SSEEvent:
     raw: bytes  # the exact bytes of this block, including its terminating blank line
 
 
+def lone_block(chunk: bytes) -> tuple[str | None, bytes] | None:
+    """`(event name, data)` when `chunk` is exactly one plain block (an optional `event: NAME` line,
+    one `data: DATA` line, the blank line, LF line ends), else None.
+
+    Streams arrive one such block per network chunk almost always; a caller whose decoder is
+    `idle` can judge these without decoding them (they decode to `SSEEvent(name, data, chunk)`).
+    """
+    if chunk[-2:] != b"\n\n" or b"\r" in chunk:
+        return None
+    body = chunk[:-2]
+    name: str | None = None
+    if body[:7] == b"event: ":
+        head, sep, body = body.partition(b"\n")
+        if not sep:
+            return None
+        name = head[7:].decode("utf-8", "replace")
+    if body[:6] != b"data: " or b"\n" in body:
+        return None
+    return name, body[6:]
+
+
 class SSEDecoder:
     """Splits a byte stream into SSE blocks (one block = lines up to a blank line).
 
@@ -44,6 +65,11 @@ class SSEDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def idle(self) -> bool:
+        """Between blocks and past the stream's start: a whole block fed now changes no state."""
+        return not self._buf and not self._at_stream_start
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:

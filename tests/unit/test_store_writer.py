@@ -370,6 +370,37 @@ def test_thread_linking_within_across_batches_and_after_reopen(tmp_path: Path):
     conn.close()
 
 
+def test_thread_links_survive_a_tiny_cache(db):
+    # Two entries per map: parents are evicted by later tool-calling interceptions and come back
+    # from the database; interceptions without tool calls never take a cache entry.
+    w = RecordWriter(db, flush_interval=0.05, thread_map_size=2)
+    w.start()
+    a, b = uid(), uid()
+    w.submit(start(a))
+    w.submit(tool(a, "call_a"))
+    w.submit(end(a))
+    w.submit(start(b, corr="call_a"))
+    w.submit(tool(b, "call_b"))
+    w.submit(end(b))
+    assert w.flush()
+    for _ in range(5):
+        n = uid()
+        w.submit(start(n))
+        w.submit(tool(n, f"call_{n}"))
+        w.submit(end(n))
+        plain = uid()
+        w.submit(start(plain))
+        w.submit(end(plain))
+        assert w.flush()
+    c, d = uid(), uid()
+    w.submit(start(c, corr="call_b"))
+    w.submit(start(d, corr="call_a"))
+    w.close()
+    rc, rd = interception(db, c), interception(db, d)
+    assert (rc["thread_parent_id"], rc["thread_root_id"]) == (b, a)
+    assert (rd["thread_parent_id"], rd["thread_root_id"]) == (a, a)
+
+
 def test_call_runs_in_order_with_records(db, writer):
     iid = uid()
     writer.submit(start(iid))
