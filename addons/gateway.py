@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -153,6 +154,10 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     url = f"http://{settings.listen_host}:{settings.listen_port}"
     runtime.write(settings.db, runtime.RunningGateway(url=url, pid=os.getpid(), token=keys.admin_token))
     log.info("aigw listening on %s (database %s)", url, settings.db)
+    # Everything loaded so far (mitmproxy, DuckDB, botocore's models, prices) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise pause every stream.
+    gc.collect()
+    gc.freeze()
     try:
         await master.run()  # type: ignore[attr-defined]
     finally:
