@@ -30,18 +30,17 @@ def lone_block(chunk: bytes) -> tuple[str | None, bytes] | None:
     Streams arrive one such block per network chunk almost always; a caller whose decoder is
     `idle` can judge these without decoding them (they decode to `SSEEvent(name, data, chunk)`).
     """
-    if chunk[-2:] != b"\n\n" or b"\r" in chunk:
+    if not chunk.endswith(b"\n\n") or b"\r" in chunk:
         return None
-    body = chunk[:-2]
     name: str | None = None
-    if body[:7] == b"event: ":
-        head, sep, body = body.partition(b"\n")
-        if not sep:
-            return None
-        name = head[7:].decode("utf-8", "replace")
-    if body[:6] != b"data: " or b"\n" in body:
+    start = 0
+    if chunk.startswith(b"event: "):
+        start = chunk.index(b"\n") + 1
+        name = chunk[7 : start - 1].decode("utf-8", "replace")
+    end = len(chunk) - 2
+    if not chunk.startswith(b"data: ", start) or chunk.find(b"\n", start) != end:
         return None
-    return name, body[6:]
+    return name, chunk[start + 6 : end]
 
 
 class SSEDecoder:

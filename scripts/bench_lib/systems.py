@@ -102,6 +102,7 @@ def _tls_port() -> int:
             for host in TLS_HOSTS.values():
                 s = socket.socket()
                 socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener will (TIME_WAIT)
                 s.bind((host, port))
                 port = s.getsockname()[1]
             return port
@@ -258,6 +259,8 @@ def start_aigw(work: Path, up: Upstream, name: str = "aigw") -> System:
         args += ["--aibridge-proxy-allowed-private-cidrs", "127.0.0.0/8"]
     if up.ca is not None:
         args += ["--set", f"ssl_verify_upstream_trusted_ca={up.ca}"]
+    if up.tls_port not in (None, 443):  # 443 was taken: let the proxy reach the fake upstream anyway
+        args += ["--set", f"aigw_proxy_allowed_ports=80,443,{up.tls_port}"]
     env["AIGW_BENCH_WRITER_STATS"] = str(d / "writer-stats.jsonl")
     proc = Proc(name, [PY, "-m", "bench_lib.aigw_probe", *args], cwd=d, env=env, log=d / "aigw.log")
     _or_stop(proc, lambda: wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc))
