@@ -57,6 +57,15 @@ def provider_env(upstream_url: str) -> dict[str, str]:
     }
 
 
+def start_proxy_gateway(workdir: Path, env: dict[str, str], ca_path: Path, ports: Sequence[int]) -> Gateway:
+    """A started gateway that trusts the test CA and lets its proxy reach `ports` besides 80/443 (the
+    fakes cannot listen on 443), with user alice's key as `user_key`."""
+    gateway = Gateway(workdir, env, ["--set", f"ssl_verify_upstream_trusted_ca={ca_path}",
+                                     "--set", f"aigw_proxy_allowed_ports=80,443,{','.join(map(str, ports))}"])
+    gateway.user_key = gateway.create_key("alice")  # type: ignore[attr-defined]
+    return gateway.start()
+
+
 def aigw(args: Sequence[str], env: dict[str, str], cwd: Path, check: bool = True,
          timeout: float = 60) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "addons.cli", *args], env=env, cwd=cwd,

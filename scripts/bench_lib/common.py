@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 from collections.abc import Sequence
@@ -11,6 +12,15 @@ from typing import Any
 # every content event as `@T<ns>@`; the load generator subtracts it from its read time.
 STAMP_PREFIX = b"@T"
 STAMP_RE = rb"@T(\d+)@"
+
+
+def no_delay(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """The transport, with Nagle off: every SSE event and small response leaves at once."""
+    assert isinstance(transport, asyncio.Transport)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return transport
 
 
 def free_port(host: str = "127.0.0.1") -> int:

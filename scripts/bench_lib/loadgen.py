@@ -23,7 +23,6 @@ import asyncio
 import base64
 import re
 import resource
-import socket
 import ssl
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from bench_lib.common import STAMP_RE, percentiles, rounded
+from bench_lib.common import STAMP_RE, no_delay, percentiles, rounded
 
 _STAMP = re.compile(STAMP_RE)
 _HEAD, _BODY, _BODY_EOF, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER = range(7)
@@ -85,11 +84,7 @@ class ClientConn(asyncio.Protocol):
         self.head_only = False  # CONNECT: the response has no body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = no_delay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import re
 import signal
-import socket
 import ssl
 import sys
 import time
@@ -28,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from bench_lib.common import no_delay
 
 _PARAMS = re.compile(rb"bench:events=(\d+),interval_ms=(\d+(?:\.\d+)?)")
 _STREAM = re.compile(rb'"stream"\s*:\s*true')
@@ -174,11 +175,7 @@ class Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = no_delay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -33,7 +33,7 @@ from addons.providers.bedrock import sign
 from tests.eventstream_encoder import chunk_frame, converse_frame
 from tests.fakes.bedrock import COUNT_TOKENS, TEXT, FakeBedrock, Reply, anthropic_events
 from tests.fakes.tls import Pki
-from tests.gateway_process import Gateway, clean_env
+from tests.gateway_process import Gateway, clean_env, start_proxy_gateway
 from tests.gateway_process import latest_ended_after as latest_after
 from tests.gateway_process import settled_count as count
 
@@ -124,12 +124,7 @@ def gw(pki: Pki, byok_fake: FakeBedrock, central_fake: FakeBedrock, control_fake
         "AIGW_TEST_RESOLVE": f"{BYOK_HOST}=127.0.0.1,{CONTROL_HOST}=127.0.0.1",
         "PYTHONPATH": str(site),
     })
-    gateway = Gateway(workdir, env, [
-        "--set", f"ssl_verify_upstream_trusted_ca={pki.ca_path}",
-        "--set", f"aigw_proxy_allowed_ports=80,443,{byok_fake.port},{control_fake.port}",
-    ])
-    gateway.user_key = gateway.create_key("alice")  # type: ignore[attr-defined]
-    gateway.start()
+    gateway = start_proxy_gateway(workdir, env, pki.ca_path, [byok_fake.port, control_fake.port])
     yield gateway
     gateway.stop()
     assert CLIENT_SECRET not in gateway.output() and CENTRAL_SECRET not in gateway.output()

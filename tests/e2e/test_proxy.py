@@ -29,7 +29,14 @@ import websockets.sync.client
 from tests import txtar
 from tests.fakes.tls import Pki, TlsFakeUpstream
 from tests.fakes.upstream import Reply, sse
-from tests.gateway_process import ANTHROPIC_PROVIDER_KEY, OPENAI_PROVIDER_KEY, Gateway, aigw, clean_env
+from tests.gateway_process import (
+    ANTHROPIC_PROVIDER_KEY,
+    OPENAI_PROVIDER_KEY,
+    Gateway,
+    aigw,
+    clean_env,
+    start_proxy_gateway,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,13 +95,7 @@ def proxy_env(fakes: Fakes) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gw(fakes: Fakes, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir: Path = tmp_path_factory.mktemp("gw-proxy")
-    gateway = Gateway(workdir, clean_env(**proxy_env(fakes)), [
-        "--set", f"ssl_verify_upstream_trusted_ca={pki.ca_path}",
-        # The non-AI test host cannot listen on 443; allow its port explicitly.
-        "--set", f"aigw_proxy_allowed_ports=80,443,{fakes.origin.port}",
-    ])
-    gateway.user_key = gateway.create_key("alice")  # type: ignore[attr-defined]
-    gateway.start()
+    gateway = start_proxy_gateway(workdir, clean_env(**proxy_env(fakes)), pki.ca_path, [fakes.origin.port])
     yield gateway
     gateway.stop()
 

@@ -31,7 +31,13 @@ from tests.e2e.test_real_clients import FAKE_TOKENS, PROMPT, Run, binary, childr
 from tests.fakes.cli_upstream import CliFakeUpstream
 from tests.fakes.tls import Pki
 from tests.fakes.upstream import ANSWER, Reply, Seen, json_reply
-from tests.gateway_process import ANTHROPIC_PROVIDER_KEY, OPENAI_PROVIDER_KEY, Gateway, clean_env
+from tests.gateway_process import (
+    ANTHROPIC_PROVIDER_KEY,
+    OPENAI_PROVIDER_KEY,
+    Gateway,
+    clean_env,
+    start_proxy_gateway,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -71,10 +77,7 @@ def gw(fake: CliFakeUpstream, pki: Pki, tmp_path_factory: pytest.TempPathFactory
         # Serves the api.*.githubcopilot.com hosts, and GitHub's API for Copilot CLI (see its test).
         f"{P}2_TYPE": "copilot", f"{P}2_BASE_URL": f"https://localhost:{fake.port}",
     })
-    gateway = Gateway(workdir, env, ["--set", f"ssl_verify_upstream_trusted_ca={pki.ca_path}",
-                                     "--set", f"aigw_proxy_allowed_ports=80,443,{fake.port}"])
-    gateway.user_key = gateway.create_key("alice")  # type: ignore[attr-defined]
-    gateway.start()
+    gateway = start_proxy_gateway(workdir, env, pki.ca_path, [fake.port])
     yield gateway
     gateway.stop()
 

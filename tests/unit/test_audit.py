@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 
 import duckdb
@@ -24,18 +23,11 @@ from addons.store.audit import (
     parse_since,
     validate_filters,
 )
-from tests.seed import UNKNOWN_MODEL, SeedSummary, seed
+from tests.seed import UNKNOWN_MODEL, SeedSummary
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 INSTANCES = {"anthropic", "anthropic-eu", "openai", "copilot"}
 
-
-@pytest.fixture(scope="module")
-def db() -> Iterator[tuple[duckdb.DuckDBPyConnection, SeedSummary]]:
-    conn = duckdb.connect()
-    summary = seed(conn)
-    yield conn, summary
-    conn.close()
 
 
 def walk(conn: duckdb.DuckDBPyConnection, f: Filters, limit: int) -> tuple[list[str], list[int]]:
@@ -145,8 +137,8 @@ def test_cursor_round_trip() -> None:
         base64.urlsafe_b64encode(b'["yesterday", "0b7c6a9e-1f0e-4c55-9d55-2d3f0e6f7a11"]').decode(),
     ],
 )
-def test_malformed_cursor(db: tuple[duckdb.DuckDBPyConnection, SeedSummary], cursor: str) -> None:
-    conn, _ = db
+def test_malformed_cursor(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary], cursor: str) -> None:
+    conn, _ = seeded
     with pytest.raises(ValueError, match="malformed cursor"):
         list_interceptions(conn, Filters(), after_id=cursor)
 
@@ -156,9 +148,9 @@ def test_malformed_cursor(db: tuple[duckdb.DuckDBPyConnection, SeedSummary], cur
 
 @pytest.mark.parametrize("limit", [1000, 7, 50])
 def test_pages_cover_everything_once_in_stable_order(
-    db: tuple[duckdb.DuckDBPyConnection, SeedSummary], limit: int
+    seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary], limit: int
 ) -> None:
-    conn, s = db
+    conn, s = seeded
     ids, sizes = walk(conn, Filters(), limit)
     assert ids == s.ordered_ids  # started_at DESC, id DESC; no gaps, no duplicates
     full, rest = divmod(s.interceptions, limit)
@@ -166,8 +158,8 @@ def test_pages_cover_everything_once_in_stable_order(
     assert sizes == expected
 
 
-def test_exact_multiple_of_limit_ends_with_none(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_exact_multiple_of_limit_ends_with_none(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     n = s.requests_by_user["bob"]
     rows, cursor = list_interceptions(conn, Filters(user="bob"), limit=n)
     assert len(rows) == n and cursor is None
@@ -178,8 +170,8 @@ def test_exact_multiple_of_limit_ends_with_none(db: tuple[duckdb.DuckDBPyConnect
     assert last[0]["id"] not in {r["id"] for r in rows}
 
 
-def test_ties_on_started_at_are_broken_by_id(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_ties_on_started_at_are_broken_by_id(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     assert s.burst_started_at is not None
     window = Filters(since=s.burst_started_at, until=s.burst_started_at + timedelta(microseconds=1))
     ids, sizes = walk(conn, window, 2)
@@ -188,8 +180,8 @@ def test_ties_on_started_at_are_broken_by_id(db: tuple[duckdb.DuckDBPyConnection
     assert sizes[:2] == [2, 2]
 
 
-def test_limit_bounds(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, _ = db
+def test_limit_bounds(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, _ = seeded
     for bad in (0, -1, 1001):
         with pytest.raises(ValueError, match="limit must be between 1 and 1000"):
             list_interceptions(conn, Filters(), limit=bad)
@@ -198,8 +190,8 @@ def test_limit_bounds(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None
 # ------------------------------------------------------------------ filters on data
 
 
-def test_filters_select_the_right_rows(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_filters_select_the_right_rows(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     assert len(walk(conn, Filters(user="carol"), 1000)[0]) == s.requests_by_user["carol"]
     assert len(walk(conn, Filters(client="claude code"), 1000)[0]) == s.requests_by_client["Claude Code"]
     assert len(walk(conn, Filters(provider="anthropic-eu"), 1000)[0]) == s.requests_by_instance["anthropic-eu"]
@@ -214,8 +206,8 @@ def test_filters_select_the_right_rows(db: tuple[duckdb.DuckDBPyConnection, Seed
     assert walk(conn, Filters(user="nobody"), 10) == ([], [0])
 
 
-def test_time_window(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_time_window(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     day = sorted(s.requests_by_day)[3]
     start = datetime.combine(day, time(0), UTC)
     f = Filters(since=start, until=start + timedelta(days=1))
@@ -223,8 +215,8 @@ def test_time_window(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
     assert len(rows) == s.requests_by_day[day]
 
 
-def test_rows_are_json_and_complete(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_rows_are_json_and_complete(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     rows, _ = list_interceptions(conn, Filters(), limit=200)
     json.dumps(rows)
     row = rows[0]
@@ -236,8 +228,8 @@ def test_rows_are_json_and_complete(db: tuple[duckdb.DuckDBPyConnection, SeedSum
     assert unknown and all(r["cost_usd"] is None for r in unknown)
 
 
-def test_expanded_rows_carry_children(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, _ = db
+def test_expanded_rows_carry_children(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, _ = seeded
     rows, _ = list_interceptions(conn, Filters(), limit=100, expand=True)
     json.dumps(rows)
     for r in rows:
@@ -250,8 +242,8 @@ def test_expanded_rows_carry_children(db: tuple[duckdb.DuckDBPyConnection, SeedS
 # ------------------------------------------------------------------ one interception
 
 
-def test_get_interception_whole(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, _ = db
+def test_get_interception_whole(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, _ = seeded
     iid = conn.execute(
         "SELECT interception_id::VARCHAR FROM aibridge_tool_usages WHERE invocation_error IS NOT NULL LIMIT 1"
     ).fetchone()[0]  # type: ignore[index]
@@ -266,8 +258,8 @@ def test_get_interception_whole(db: tuple[duckdb.DuckDBPyConnection, SeedSummary
     assert get_interception(conn, iid.upper()) is not None
 
 
-def test_get_interception_missing_invalid_and_foreign(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_get_interception_missing_invalid_and_foreign(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     assert get_interception(conn, "00000000-0000-4000-8000-000000000000") is None
     with pytest.raises(ValueError, match="invalid interception id 'nope'"):
         get_interception(conn, "nope")
@@ -281,8 +273,8 @@ def test_get_interception_missing_invalid_and_foreign(db: tuple[duckdb.DuckDBPyC
 # ------------------------------------------------------------------ sessions
 
 
-def test_list_sessions(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_list_sessions(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     expected = {sid: n for (sid, user), n in s.sessions.items() if user == "bob"}
     rows = list_sessions(conn, Filters(user="bob"), limit=1000)
     json.dumps(rows)
@@ -296,8 +288,8 @@ def test_list_sessions(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> Non
     assert sum(r["interceptions"] for r in everyone) == s.interceptions
 
 
-def test_session_filter_on_interceptions(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_session_filter_on_interceptions(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     (sid, _user), n = max(s.sessions.items(), key=lambda kv: kv[1])
     ids = walk(conn, Filters(session_id=sid), 1000)[0]
     assert len(ids) == n
@@ -328,8 +320,8 @@ def test_format_table_layout() -> None:
     assert all(line == line.rstrip() for line in lines)
 
 
-def test_format_table_with_real_rows(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, _ = db
+def test_format_table_with_real_rows(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, _ = seeded
     rows, _ = list_interceptions(conn, Filters(), limit=5)
     text = format_table(rows, INTERCEPTION_COLUMNS)
     assert len(text.splitlines()) == 6

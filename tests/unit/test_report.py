@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from html.parser import HTMLParser
 
 import duckdb
-import pytest
 
 from addons.report import render_report
 from addons.store.schema import DDL
@@ -53,13 +51,6 @@ def parse(page: str) -> _Checker:
     assert checker.stack == []
     return checker
 
-
-@pytest.fixture(scope="module")
-def seeded() -> Iterator[tuple[duckdb.DuckDBPyConnection, SeedSummary]]:
-    conn = duckdb.connect()
-    summary = seed(conn)
-    yield conn, summary
-    conn.close()
 
 
 def test_report_is_self_contained(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:

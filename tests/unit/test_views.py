@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 
 import duckdb
 import pytest
 
 from addons.store.schema import DDL
 from addons.store.views import VIEW_NAMES, VIEWS, create_views
-from tests.seed import UNKNOWN_MODEL, SeedSummary, seed
-
-
-@pytest.fixture(scope="module")
-def db() -> Iterator[tuple[duckdb.DuckDBPyConnection, SeedSummary]]:
-    conn = duckdb.connect()
-    summary = seed(conn)
-    yield conn, summary
-    conn.close()
+from tests.seed import UNKNOWN_MODEL, SeedSummary
 
 
 def q(conn: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
@@ -38,8 +29,8 @@ def test_views_are_idempotent_and_all_listed() -> None:
         assert q(conn, f"SELECT count(*) FROM {name}") == [(0,)]
 
 
-def test_interceptions_view_totals(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_interceptions_view_totals(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     row = q(
         conn,
         "SELECT count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
@@ -55,8 +46,8 @@ def test_interceptions_view_totals(db: tuple[duckdb.DuckDBPyConnection, SeedSumm
     assert cost == pytest.approx(s.cost_usd, rel=1e-9)
 
 
-def test_session_id_fallbacks(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, _ = db
+def test_session_id_fallbacks(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, _ = seeded
     rows = q(
         conn,
         "SELECT client_session_id, thread_root_id::VARCHAR, id::VARCHAR, session_id FROM aibridge_interceptions_v",
@@ -69,8 +60,8 @@ def test_session_id_fallbacks(db: tuple[duckdb.DuckDBPyConnection, SeedSummary])
     assert all(kinds[k] > 0 for k in ("client", "thread", "self"))
 
 
-def test_unknown_model_cost_is_null_not_zero(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_unknown_model_cost_is_null_not_zero(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     rows = q(
         conn,
         f"SELECT count(*), count(cost_usd) FROM aibridge_interceptions_v "
@@ -81,8 +72,8 @@ def test_unknown_model_cost_is_null_not_zero(db: tuple[duckdb.DuckDBPyConnection
     assert daily == [(None,)]
 
 
-def test_usage_daily_by_user_model_and_day(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_usage_daily_by_user_model_and_day(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     by_user = {
         u: (n, c, t)
         for u, n, c, t in q(
@@ -104,8 +95,8 @@ def test_usage_daily_by_user_model_and_day(db: tuple[duckdb.DuckDBPyConnection, 
     assert statuses == (s.status_counts["failed"], s.status_counts["cancelled"])
 
 
-def test_sessions_view(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_sessions_view(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     rows = q(conn, "SELECT session_id, user_name, interceptions, session_kind FROM aibridge_sessions")
     assert len(rows) == len(s.sessions)
     names = {uid: name for name, uid in s.user_ids.items()}
@@ -120,8 +111,8 @@ def _by_user_id(s: SeedSummary) -> dict[tuple[str, str], int]:
     return {(sid, s.user_ids[user]): n for (sid, user), n in s.sessions.items()}
 
 
-def test_session_tools_are_distinct_union(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, _ = db
+def test_session_tools_are_distinct_union(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, _ = seeded
     rows = q(
         conn,
         """
@@ -135,8 +126,8 @@ def test_session_tools_are_distinct_union(db: tuple[duckdb.DuckDBPyConnection, S
         assert tools == expected
 
 
-def test_tool_stats(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_tool_stats(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     rows = q(conn, "SELECT tool, client, calls, errors, error_rate, mcp_calls FROM aibridge_tool_stats")
     assert {(t, c): n for t, c, n, *_ in rows} == dict(s.tool_calls_by_client)
     errors = {(t, c): e for t, c, _, e, *_ in rows if e}
@@ -146,8 +137,8 @@ def test_tool_stats(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
     assert sum(r[5] for r in rows) == s.tool_calls["github__create_issue"]
 
 
-def test_cache_efficiency(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_cache_efficiency(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     row = q(
         conn,
         "SELECT sum(cache_read_tokens), sum(cache_write_tokens), sum(input_tokens), "
@@ -157,8 +148,8 @@ def test_cache_efficiency(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> 
     assert 0 <= row[3] <= row[4] <= 1
 
 
-def test_user_summary(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_user_summary(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     rows = q(conn, "SELECT user_name, requests, sessions, cost_usd FROM aibridge_user_summary")
     assert {u: n for u, n, *_ in rows} == dict(s.requests_by_user)
     sessions = defaultdict(int)
@@ -167,8 +158,8 @@ def test_user_summary(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None
     assert {u: n for u, _, n, _ in rows} == dict(sessions)
 
 
-def test_tool_calls_view(db: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
-    conn, s = db
+def test_tool_calls_view(seeded: tuple[duckdb.DuckDBPyConnection, SeedSummary]) -> None:
+    conn, s = seeded
     rows = q(conn, "SELECT tool, count(*), count(*) FILTER (WHERE failed) FROM aibridge_tool_calls_v GROUP BY 1")
     assert {t: n for t, n, _ in rows} == dict(s.tool_calls)
     assert {t: e for t, _, e in rows if e} == dict(s.tool_errors)
