@@ -39,7 +39,7 @@ from addons.routing import inject_credential, json_response
 from addons.upstream import Refusal, Upstream
 from addons.wire import anthropic, chat, responses
 from addons.wire.model import RequestInfo, ResponseSummary
-from addons.wire.sse import SSEDecoder, lone_block
+from addons.wire.sse import SSEDecoder, SSEEvent, lone_block
 
 log = logging.getLogger("aigw.intercept")
 
@@ -83,10 +83,14 @@ class StreamTap:
         if self.failed:
             return chunk
         try:
-            if self.decoder.idle and (block := lone_block(chunk)) is not None and self.parser.skips(*block):
+            block = lone_block(chunk) if self.decoder.idle else None
+            if block is None:
+                events = self.decoder.feed(chunk) if chunk else self.decoder.close()
+            elif self.parser.skips(*block):
                 # Most chunks are one text delta: nothing to record, nothing to decode.
                 return [_strip_usage_null(chunk)] if self.hide_usage else chunk
-            events = self.decoder.feed(chunk) if chunk else self.decoder.close()
+            else:  # what the decoder would return, without scanning the chunk again
+                events = [SSEEvent(block[0], block[1].decode("utf-8", "replace"), chunk)]
             for event in events:
                 if event.data is not None:
                     self.parser.on_event(event)

@@ -221,6 +221,9 @@ class _Bounded:
             return d[key]
         return default
 
+    def pop(self, key: str) -> None:
+        self._d.pop(key, None)
+
     def set(self, key: str, value: str | None) -> None:
         d = self._d
         d[key] = value
@@ -298,8 +301,7 @@ class RecordWriter:
         # recorded tool calls (only those can be parents); misses are looked up in the database.
         self._roots = _Bounded(thread_map_size)
         # the same for interceptions started and not yet ended, until they record a tool call
-        self._open_roots: OrderedDict[str, str | None] = OrderedDict()
-        self._open_cap = thread_map_size
+        self._open_roots = _Bounded(thread_map_size)
         self._rows_written = 0
         self._batches = 0
         self._last_flush_seconds = 0.0
@@ -570,7 +572,7 @@ class RecordWriter:
                     tool_owner.set(r.provider_tool_call_id, r.interception_id)
                     owner = r.interception_id
                     if owner not in roots and owner in open_roots:
-                        roots.set(owner, open_roots[owner])
+                        roots.set(owner, open_roots.get(owner))
             elif kind is TokenUsageRecord:
                 cost = None
                 if price is not None:
@@ -605,9 +607,7 @@ class RecordWriter:
                         root = parent if parent_root is _MISSING or parent_root is None else parent_root
                     else:
                         parent = None
-                open_roots[r.id] = root
-                if len(open_roots) > self._open_cap:  # an end never came
-                    open_roots.popitem(last=False)
+                open_roots.set(r.id, root)
                 row = [
                     r.id,
                     r.initiator_id,
@@ -629,7 +629,7 @@ class RecordWriter:
                 plan.interceptions.append(row)
                 open_rows[r.id] = row
             elif kind is InterceptionEnd:
-                open_roots.pop(r.id, None)
+                open_roots.pop(r.id)
                 row = open_rows.get(r.id)
                 if row is not None:
                     row[_I_ENDED] = r.ended_at

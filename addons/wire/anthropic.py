@@ -11,7 +11,18 @@ from typing import Any
 
 import orjson
 
-from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall, typed_text
+from addons.wire.model import (
+    RequestInfo,
+    ResponseSummary,
+    Thought,
+    TokenUsage,
+    ToolCall,
+    as_int,
+    compact_json_text,
+    loads_object,
+    str_or_none,
+    typed_text,
+)
 from addons.wire.sse import SSEEvent
 
 # Text blocks a client adds to a user turn on its own (Claude Code's reminders).
@@ -86,9 +97,9 @@ def parse_response(body: dict[str, Any]) -> ResponseSummary:
     if not isinstance(body, dict):
         return summary
     summary.error = _error_text(body.get("error")) if body.get("type") == "error" else None
-    response_id = _str_or_none(body.get("id"))
+    response_id = str_or_none(body.get("id"))
     summary.response_id = response_id
-    summary.model = _str_or_none(body.get("model"))
+    summary.model = str_or_none(body.get("model"))
     usage = body.get("usage")
     if isinstance(usage, dict):
         summary.usage = usage_from_fields(usage, response_id)
@@ -106,8 +117,8 @@ def parse_response(body: dict[str, Any]) -> ResponseSummary:
             summary.tool_calls.append(
                 ToolCall(
                     provider_response_id=response_id,
-                    call_id=_str_or_none(block.get("id")) or "",
-                    name=_str_or_none(block.get("name")) or "",
+                    call_id=str_or_none(block.get("id")) or "",
+                    name=str_or_none(block.get("name")) or "",
                     input=_dump_json(tool_input) if tool_input is not None else "{}",
                 )
             )
@@ -132,10 +143,10 @@ def usage_from_fields(usage: dict[str, Any], response_id: str | None) -> TokenUs
         _copy_int(output_details, "thinking_tokens", metadata, "thinking_tokens")
     return TokenUsage(
         provider_response_id=response_id,
-        input_tokens=_int(usage.get("input_tokens")),
-        output_tokens=_int(usage.get("output_tokens")),
-        cache_read_input_tokens=_int(usage.get("cache_read_input_tokens")),
-        cache_write_input_tokens=_int(usage.get("cache_creation_input_tokens")),
+        input_tokens=as_int(usage.get("input_tokens")),
+        output_tokens=as_int(usage.get("output_tokens")),
+        cache_read_input_tokens=as_int(usage.get("cache_read_input_tokens")),
+        cache_write_input_tokens=as_int(usage.get("cache_creation_input_tokens")),
         metadata=metadata,
     )
 
@@ -180,7 +191,7 @@ class StreamParser:
             return
         if name == "content_block_delta" and "thinking_delta" not in data and "input_json_delta" not in data:
             return  # text, citation and signature deltas carry nothing recorded
-        message = _loads(data)
+        message = loads_object(data)
         if message is None:
             return
         kind = message.get("type")
@@ -220,8 +231,8 @@ class StreamParser:
         body = message.get("message")
         if not isinstance(body, dict):
             return
-        self._response_id = _str_or_none(body.get("id")) or self._response_id
-        self._model = _str_or_none(body.get("model")) or self._model
+        self._response_id = str_or_none(body.get("id")) or self._response_id
+        self._model = str_or_none(body.get("model")) or self._model
         usage = body.get("usage")
         if isinstance(usage, dict):
             self._usage = dict(usage)
@@ -247,8 +258,8 @@ class StreamParser:
         elif block_type in _TOOL_BLOCK_TYPES:
             self._blocks[index] = _Block(
                 "tool",
-                call_id=_str_or_none(block.get("id")) or "",
-                name=_str_or_none(block.get("name")) or "",
+                call_id=str_or_none(block.get("id")) or "",
+                name=str_or_none(block.get("name")) or "",
                 start_input=block.get("input"),
             )
 
@@ -280,29 +291,11 @@ def _tool_input_text(block: _Block) -> str:
 # --- small helpers ------------------------------------------------------------------------------
 
 
-def compact_json_text(text: str) -> str:
-    """Compact JSON for text that parses; `{}` for empty text; the text itself otherwise."""
-    if not text.strip():
-        return "{}"
-    try:
-        return orjson.dumps(orjson.loads(text)).decode()
-    except (ValueError, TypeError):
-        return text
-
-
 def _dump_json(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except (ValueError, TypeError):
         return "{}"
-
-
-def _loads(data: str) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _error_text(error: Any) -> str:
@@ -313,15 +306,7 @@ def _error_text(error: Any) -> str:
     return f"{kind}: {message}" if message else str(kind)
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _copy_int(source: dict[str, Any], key: str, target: dict[str, Any], as_key: str) -> None:
     value = source.get(key)
     if isinstance(value, int) and not isinstance(value, bool):
         target[as_key] = value
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None

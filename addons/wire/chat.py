@@ -9,9 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from addons.wire.model import RequestInfo, ResponseSummary, TokenUsage, ToolCall, typed_text
+from addons.wire.model import (
+    RequestInfo,
+    ResponseSummary,
+    TokenUsage,
+    ToolCall,
+    as_int,
+    compact_json_text,
+    loads_object,
+    str_or_none,
+    typed_text,
+)
 from addons.wire.sse import SSEEvent
 
 # Text parts a client adds to a user turn on its own.
@@ -314,29 +322,3 @@ def error_text(error: Any) -> str:
     kind = error.get("code") or error.get("type") or "error"
     message = error.get("message")
     return f"{kind}: {message}" if message else str(kind)
-
-
-def compact_json_text(text: str) -> str:
-    """Compact JSON for text that parses; `{}` for empty text; the text itself otherwise."""
-    if not text.strip():
-        return "{}"
-    try:
-        return orjson.dumps(orjson.loads(text)).decode()
-    except (ValueError, TypeError):
-        return text
-
-
-def loads_object(data: str | bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from addons.wire.anthropic import StreamParser, compact_json_text
+from addons.wire.anthropic import StreamParser
 from addons.wire.eventstream import (
     INVOCATION_METRICS_KEY,
     EventStreamDecoder,
@@ -33,7 +33,7 @@ from addons.wire.eventstream import (
     exception_to_anthropic_error,
     invoke_chunk_event,
 )
-from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall
+from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall, as_int, compact_json_text
 from addons.wire.sse import SSEEvent
 
 THOUGHT_SOURCE = "thinking"
@@ -100,16 +100,12 @@ def converse_usage(usage: Any, *, response_id: str | None = None, metrics: Any =
         meta["latency_ms"] = metrics["latencyMs"]
     return TokenUsage(
         provider_response_id=response_id,
-        input_tokens=_int(usage.get("inputTokens")),
-        output_tokens=_int(usage.get("outputTokens")),
-        cache_read_input_tokens=_int(usage.get("cacheReadInputTokens")),
-        cache_write_input_tokens=_int(usage.get("cacheWriteInputTokens")),
+        input_tokens=as_int(usage.get("inputTokens")),
+        output_tokens=as_int(usage.get("outputTokens")),
+        cache_read_input_tokens=as_int(usage.get("cacheReadInputTokens")),
+        cache_write_input_tokens=as_int(usage.get("cacheWriteInputTokens")),
         metadata=meta,
     )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # ---------------------------------------------------------------------------
@@ -231,14 +227,14 @@ class ConverseStreamParser(_FrameFeeder):
         start = payload.get("start")
         tool = start.get("toolUse") if isinstance(start, dict) else None
         if isinstance(tool, dict):
-            index = _int(payload.get("contentBlockIndex"))
+            index = as_int(payload.get("contentBlockIndex"))
             self._tools[index] = _ToolDraft(str(tool.get("toolUseId", "")), str(tool.get("name", "")))
 
     def _on_block_delta(self, payload: dict) -> None:
         delta = payload.get("delta")
         if not isinstance(delta, dict):
             return
-        index = _int(payload.get("contentBlockIndex"))
+        index = as_int(payload.get("contentBlockIndex"))
         tool = delta.get("toolUse")
         if isinstance(tool, dict) and isinstance(tool.get("input"), str) and index in self._tools:
             self._tools[index].fragments.append(tool["input"])

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 # Context a client puts in front of what the person typed, in the same text (Copilot CLI's clock).
 _LEADING_CONTEXT = re.compile(r"\A\s*<current_datetime>[^<]*</current_datetime>\s*")
 
@@ -71,3 +73,32 @@ class ResponseSummary:
     # True once the stream's terminal event was seen (message_stop,
     # [DONE], response.completed/failed/incomplete); always True for bodies.
     complete: bool = False
+
+
+# --- JSON helpers shared by the parsers ----------------------------------------------------------
+
+
+def compact_json_text(text: str) -> str:
+    """Compact JSON for text that parses; `{}` for empty text; the text itself otherwise."""
+    if not text.strip():
+        return "{}"
+    try:
+        return orjson.dumps(orjson.loads(text)).decode()
+    except (ValueError, TypeError):
+        return text
+
+
+def loads_object(data: str | bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -10,8 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from addons.wire.chat import as_int, compact_json_text, error_text, loads_object, str_or_none
-from addons.wire.model import RequestInfo, ResponseSummary, Thought, TokenUsage, ToolCall, typed_text
+from addons.wire.chat import error_text
+from addons.wire.model import (
+    RequestInfo,
+    ResponseSummary,
+    Thought,
+    TokenUsage,
+    ToolCall,
+    as_int,
+    compact_json_text,
+    loads_object,
+    str_or_none,
+    typed_text,
+)
 from addons.wire.sse import SSEEvent
 
 # User-role input texts that clients inject as context rather than the person

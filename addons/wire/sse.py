@@ -73,7 +73,7 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
-        if (not self._buf and not self._at_stream_start and chunk[-2:] == b"\n\n" and chunk[0] != 0x0A
+        if (self.idle and chunk[-2:] == b"\n\n" and chunk[0] != 0x0A
                 and b"\r" not in chunk and b"\n\n\n" not in chunk):
             return self._whole_blocks(chunk)
         self._buf += chunk

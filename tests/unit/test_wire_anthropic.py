@@ -546,8 +546,8 @@ def test_fixture_fallthrough_is_not_a_message() -> None:
 
 def test_text_deltas_and_pings_are_not_json_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[str] = []
-    real_loads = anthropic._loads
-    monkeypatch.setattr(anthropic, "_loads", lambda data: parsed.append(data) or real_loads(data))
+    real_loads = anthropic.loads_object
+    monkeypatch.setattr(anthropic, "loads_object", lambda data: parsed.append(data) or real_loads(data))
     data = sse(
         message_start({"input_tokens": 1, "output_tokens": 1}),
         block_start(0, {"type": "text", "text": ""}),
