@@ -52,7 +52,7 @@ class SnapshotPublisher:
         if conn is None:
             return
         try:
-            path = await asyncio.to_thread(write_snapshot, conn.cursor(), snapshot_dir(self.settings))
+            path = await asyncio.to_thread(write_snapshot, conn, snapshot_dir(self.settings))
         except Exception as e:
             log.warning("snapshot failed (the previous one is intact): %s", e)
         else:

@@ -110,10 +110,6 @@ class BedrockUpstreams:
             if upstream.region is None:
                 log.warning("bedrock instance %r: no signing region (set its BEDROCK_REGION)", name)
 
-    def running(self) -> None:
-        for upstream in self.upstreams.values():
-            upstream.credentials.start()  # idempotent: already started when `start` ran
-
     def done(self) -> None:
         for upstream in self.upstreams.values():
             upstream.credentials.stop()

@@ -111,8 +111,8 @@ def proxy_url(settings: Settings, user_key: str | None) -> str:
 
 def env_exports(settings: Settings, user_key: str | None, confdir: Path = CONFDIR) -> str:
     """The shell lines `aigw env` prints."""
-    cert = ensure_ca(confdir)
-    bundle, _ = write_bundle(confdir / BUNDLE_FILE, confdir)
+    bundle, _ = write_bundle(confdir / BUNDLE_FILE, confdir)  # creates the CA if missing
+    cert = (confdir / CERT_FILE).resolve()
     gateway = f"http://{listen_address(settings)}"
     key = user_key or "<gateway-key>"
     lines = [

@@ -217,28 +217,18 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     from addons.store.query import QueryError, run_query
 
-    gateway = runtime.read(settings.db)
-    if gateway is not None:
+    def remote(gateway: runtime.RunningGateway) -> tuple[list[str], list[Any]]:
         result = runtime.call(gateway, "POST", "/api/v2/aibridge/query", {"sql": args.sql})
-        columns, rows = result["columns"], result["rows"]
-    else:
-        import duckdb
+        return result["columns"], result["rows"]
 
-        from addons.store import db
-
-        if not settings.db.exists():
-            fail(f"no database at {settings.db} (start the gateway first, or set --aibridge-db)")
-        try:
-            conn = db.connect(settings.db, read_only=True)
-        except (db.DatabaseLockedError, duckdb.Error) as e:
-            fail(str(e))
+    def local(conn: Any) -> tuple[list[str], list[Any]]:
         try:
             res = run_query(conn, args.sql)
         except QueryError as e:
             fail(str(e))
-        finally:
-            conn.close()
-        columns, rows = res.columns, res.rows
+        return res.columns, res.rows
+
+    columns, rows = read_store(settings, remote, local)
     print(format_rows(columns, rows, args.format))
     return 0
 
@@ -292,13 +282,15 @@ def read_store(settings: Settings, remote: Callable[[runtime.RunningGateway], An
     gateway = runtime.read(settings.db)
     if gateway is not None:
         return remote(gateway)
+    import duckdb
+
     from addons.store import db
 
     if not settings.db.exists():
         fail(f"no database at {settings.db} (start the gateway first, or set --aibridge-db)")
     try:
         conn = db.connect(settings.db, read_only=True)
-    except db.DatabaseLockedError as e:
+    except (db.DatabaseLockedError, duckdb.Error) as e:
         fail(str(e))
     try:
         return local(conn)

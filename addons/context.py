@@ -44,20 +44,16 @@ def attach(flow: http.HTTPFlow, ctx: FlowContext) -> None:
     _contexts[flow] = ctx
 
 
-# Client connections that opened a CONNECT tunnel, with the identity that authenticated it.
-_tunnels: weakref.WeakKeyDictionary[object, object] = weakref.WeakKeyDictionary()
+# Client connections that opened a CONNECT tunnel.
+_tunnels: weakref.WeakSet[object] = weakref.WeakSet()
 
 
-def mark_tunnel(client_conn: object, identity: object) -> None:
-    _tunnels[client_conn] = identity
+def mark_tunnel(client_conn: object) -> None:
+    _tunnels.add(client_conn)
 
 
 def is_tunnel(client_conn: object) -> bool:
     return client_conn in _tunnels
-
-
-def tunnel_identity(client_conn: object) -> object | None:
-    return _tunnels.get(client_conn)
 
 
 # Requests a client sent in absolute form (`GET http://host/path`, i.e. proxied plain

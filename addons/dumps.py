@@ -362,11 +362,9 @@ class Dumps:
         self.finish(dump)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        dump = self.flows.get(flow)
+        dump = self.dump_for(flow)
         if dump is None:
-            dump = self.dump_for(flow)
-            if dump is None:
-                return
+            return
         message = flow.error.msg if flow.error else "unknown error"
         if not dump.head_written:
             self.finish(dump, f"no response: {message}")

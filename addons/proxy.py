@@ -72,8 +72,6 @@ class Tunnel:
     """What a CONNECT established for one client connection."""
 
     host: str
-    port: int
-    identity: Identity
     secret: str  # the gateway key, re-checked per decrypted request (revocation applies mid-tunnel)
     decrypted: bool
 
@@ -290,8 +288,8 @@ class ProxyAuth:
         if not await self.admit_target(flow, host, port):
             return
         decrypted = self.state.host_map.decrypts(host) or self.state.host_map.is_native_bedrock(host)
-        self.state.tunnels[flow.client_conn] = Tunnel(host, port, auth.identity, auth.secret, decrypted)
-        context.mark_tunnel(flow.client_conn, auth.identity)
+        self.state.tunnels[flow.client_conn] = Tunnel(host, auth.secret, decrypted)
+        context.mark_tunnel(flow.client_conn)
         flow.metadata["aigw_user"] = auth.identity.user_name
         flow.metadata["aigw_tunnel"] = "decrypted" if decrypted else "tunnelled"
         metrics.PROXY_CONNECTS.labels(type="mitm" if decrypted else "tunneled").inc()
@@ -355,6 +353,7 @@ class ProxyRouter:
         if flow.response is not None:
             return
         tunnel = self.state.tunnels.get(flow.client_conn)
+        auth = None
         if tunnel is not None:
             host, secret = tunnel.host, tunnel.secret
         elif context.is_absolute_form(flow.request):
@@ -367,20 +366,24 @@ class ProxyRouter:
         flow.request.headers.pop(HOP_HEADER, None)
         path, sep, query = flow.request.path.partition("?")
         match = self.state.host_map.match(host, path)
-        if self.state.host_map.is_native_bedrock(host):
-            self.route_bedrock(flow, host, path, sep + query, match, secret)
-            return
-        if match is None:
+        bedrock = self.state.host_map.is_native_bedrock(host)
+        if match is None and not bedrock:
             self.relay(flow)  # not an AI host: relayed untouched (address-guarded at dial time)
             return
-        identity = self.keys.authenticate(secret, datetime.now(UTC))
-        instance = match.instance
+        # A tunnel's key is checked again per request: revocation applies mid-tunnel. A plain-HTTP
+        # proxy request was authenticated by ProxyAuth a moment ago.
+        identity = auth.identity if auth is not None else self.keys.authenticate(secret, datetime.now(UTC))
         if identity is None:
             flow.response = json_response(401, error_body(
-                instance.type, None, "the gateway key in the proxy password was revoked or has expired",
-                "authentication_error"))
+                "bedrock" if bedrock or match is None else match.instance.type, None,
+                "the gateway key in the proxy password was revoked or has expired", "authentication_error"))
             return
         flow.metadata["aigw_user"] = identity.user_name
+        if bedrock:
+            self.route_bedrock(flow, host, path, sep + query, match, identity)
+            return
+        assert match is not None
+        instance = match.instance
         if match.api_path is None:
             # Outside the API prefix (e.g. chatgpt.com/backend-api/wham/…): relayed to the instance's origin.
             base = urlsplit(instance.base_url)
@@ -397,16 +400,9 @@ class ProxyRouter:
               mode="proxy")
 
     def route_bedrock(self, flow: http.HTTPFlow, host: str, path: str, query: str, match: Match | None,
-                      secret: str) -> None:
+                      identity: Identity) -> None:
         """Bedrock-native clients (boto3, AnthropicBedrock, Claude Code on Bedrock): recorded, and re-signed
         by the instance claiming the host (centralized), else sent with their own signature (BYOK)."""
-        identity = self.keys.authenticate(secret, datetime.now(UTC))
-        if identity is None:
-            flow.response = json_response(401, error_body(
-                "bedrock", None, "the gateway key in the proxy password was revoked or has expired",
-                "authentication_error"))
-            return
-        flow.metadata["aigw_user"] = identity.user_name
         route = BEDROCK.route(flow.request.method, path)
         assert route is not None  # every path has a route (passthrough when not recorded)
         if match is not None:
@@ -420,8 +416,7 @@ class ProxyRouter:
     def credential(self, instance: Instance, api: Api | None, headers: http.Headers, secret: str) -> Credential:
         """The request's own credential decides: none or the gateway key -> the instance key; else BYOK."""
         presented = presented_credential(headers)
-        is_gateway_key = presented is not None and (
-            presented == secret or self.keys.authenticate(presented, datetime.now(UTC)) is not None)
+        is_gateway_key = self.is_gateway_key(presented, secret)
         if instance.type == "copilot":
             # Copilot has no organisation key: the user's GitHub token always goes upstream.
             return Credential(byok=True, explicit=False, client_credential=None if is_gateway_key else presented)
@@ -429,15 +424,17 @@ class ProxyRouter:
             return Credential(byok=False, explicit=False)
         return Credential(byok=True, explicit=True, client_credential=presented)
 
+    def is_gateway_key(self, presented: str | None, secret: str) -> bool:
+        return presented is not None and (
+            presented == secret or self.keys.authenticate(presented, datetime.now(UTC)) is not None)
+
     def relay(self, flow: http.HTTPFlow, url: str | None = None, secret: str | None = None) -> None:
         """Forward as it came (optionally to `url`), streamed both ways, never recorded."""
         if url is not None:
             flow.request.url = url
         headers = flow.request.headers
         headers.pop(BYOK_HEADER, None)
-        presented = presented_credential(headers)
-        if secret is not None and presented is not None and (
-                presented == secret or self.keys.authenticate(presented, datetime.now(UTC)) is not None):
+        if secret is not None and self.is_gateway_key(presented_credential(headers), secret):
             # A gateway key never leaves the gateway, whatever the path.
             headers.pop("authorization", None)
             headers.pop("x-api-key", None)

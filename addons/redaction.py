@@ -62,10 +62,6 @@ def redact_header_value(name: str, value: str) -> str:
     return REDACTED
 
 
-def redact_headers(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(name, redact_header_value(name, value)) for name, value in fields]
-
-
 def redact_query(query: str) -> str:
     """`a=1&key=s3cret` -> `a=1&key=[REDACTED]`; order and everything else untouched."""
     if not query:

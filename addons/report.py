@@ -60,14 +60,17 @@ class _Data:
 
 def _query(conn: duckdb.DuckDBPyConnection, since: datetime, now: datetime) -> _Data:
     cur = conn.cursor()
-    base = f"""
+    # The window's facts, computed once for every section below (one consistent set of rows); the
+    # temporary table belongs to this cursor's connection and goes with it.
+    cur.execute(f"""
+        CREATE TEMP TABLE f AS
         WITH sel AS (SELECT * FROM aibridge_interceptions WHERE started_at >= ? AND started_at < ?),
-        f AS ({interception_facts_sql("sel", restrict=True)})
-    """
-    params = [since, now]
+        facts AS ({interception_facts_sql("sel", restrict=True)})
+        SELECT * FROM facts
+    """, [since, now])
 
     def rows(select: str) -> list[dict[str, Any]]:
-        c = cur.execute(base + select, params)
+        c = cur.execute(select)
         names = [d[0] for d in c.description or ()]
         return [dict(zip(names, r, strict=True)) for r in c.fetchall()]
 
@@ -85,7 +88,7 @@ def _query(conn: duckdb.DuckDBPyConnection, since: datetime, now: datetime) -> _
         COALESCE(sum(tool_errors), 0)::BIGINT AS tool_errors,
         count(DISTINCT initiator_id) AS users,
         count(DISTINCT session_id) AS sessions"""
-    return _Data(
+    data = _Data(
         since=since,
         now=now,
         totals=rows(f"SELECT {sums} FROM f")[0],
@@ -117,6 +120,8 @@ def _query(conn: duckdb.DuckDBPyConnection, since: datetime, now: datetime) -> _
             "GROUP BY ALL ORDER BY tokens DESC"
         ),
     )
+    cur.close()
+    return data
 
 
 def _bucket_days(data: _Data) -> None:

@@ -96,7 +96,8 @@ class Router:
             return
         api = route.api
         byok_token = flow.request.headers.get(BYOK_HEADER)
-        token = byok_token or presented_credential(flow.request.headers)
+        presented = presented_credential(flow.request.headers)
+        token = byok_token or presented
         identity = self.keys.authenticate(token, datetime.now(UTC))
         if identity is None:
             why = "missing gateway key" if not token else "invalid, revoked or expired gateway key"
@@ -104,7 +105,7 @@ class Router:
             return
         byok = byok_token is not None or instance.type == "copilot"
         credential = Credential(byok=byok, explicit=byok_token is not None,
-                                client_credential=presented_credential(flow.request.headers) if byok else None)
+                                client_credential=presented if byok else None)
         admit(flow, self.settings, instance, provider, route, api_path, query, identity, credential)
 
 

@@ -117,7 +117,10 @@ class WebSocketRecorder:
         assert sub.interception is not None
         content = message.content
         kind = event_type(content)
-        sub.interception.parser.on_event(SSEEvent(event=kind, data=content.decode("utf-8", "replace"), raw=b""))
+        parser = sub.interception.parser
+        if kind not in TERMINAL_EVENTS and parser.skips(kind, content):
+            return  # a text delta: nothing to record, nothing to decode (as on the SSE path)
+        parser.on_event(SSEEvent(event=kind, data=content.decode("utf-8", "replace"), raw=b""))
         if kind in TERMINAL_EVENTS:
             pending.popleft()
             self.finish(flow, sub, None)

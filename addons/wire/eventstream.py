@@ -82,10 +82,6 @@ class EventStreamDecoder:
         """Bytes held that do not yet form a complete frame."""
         return len(self._buf)
 
-    @property
-    def failed(self) -> bool:
-        return self._failure is not None
-
     def feed(self, chunk: bytes) -> list[StreamFrame]:
         if self._failure is not None:
             raise EventStreamError(f"decoder already failed: {self._failure}")

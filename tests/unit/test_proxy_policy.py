@@ -209,7 +209,7 @@ def tunnelled_flow(state: ProxyState, host: str, path: str, method: str = "POST"
     keys = key_cache()
     identity = keys.authenticate(SECRET, datetime.now(UTC))
     assert identity is not None
-    state.tunnels[flow.client_conn] = Tunnel(host, 443, identity, SECRET, state.host_map.decrypts(host))
+    state.tunnels[flow.client_conn] = Tunnel(host, SECRET, state.host_map.decrypts(host))
     return flow
 
 
