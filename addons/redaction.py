@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 if TYPE_CHECKING:
     from addons.config import Settings
@@ -33,7 +34,7 @@ SENSITIVE_HEADERS = frozenset({
     "x-amz-credential",
 })
 # Anything else that looks like a credential by name (x-github-token, x-client-secret, …).
-_SENSITIVE_NAME = re.compile(r"token|secret|passw|api-?key|credential|signature", re.IGNORECASE)
+_SENSITIVE_NAME = re.compile(r"token|secret|passw|api[-_]?key|credential|signature", re.IGNORECASE)
 # Headers that carry a scheme before the credential; the scheme helps debugging and is not secret.
 _SCHEMED = frozenset({"authorization", "proxy-authorization"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9._~+/-]*)\s+\S")
@@ -62,6 +63,13 @@ def redact_header_value(name: str, value: str) -> str:
     return REDACTED
 
 
+def is_sensitive_query_name(name: str) -> bool:
+    """Whether a (raw, possibly percent-encoded) query parameter name carries a credential."""
+    # Decode so `%6Bey` or `api%5Fkey` cannot slip past; `+` is a space in query strings.
+    lowered = unquote_plus(name).strip().lower()
+    return lowered in _SENSITIVE_QUERY or _SENSITIVE_NAME.search(lowered) is not None
+
+
 def redact_query(query: str) -> str:
     """`a=1&key=s3cret` -> `a=1&key=[REDACTED]`; order and everything else untouched."""
     if not query:
@@ -69,9 +77,19 @@ def redact_query(query: str) -> str:
     parts = query.split("&")
     for i, part in enumerate(parts):
         name, eq, value = part.partition("=")
-        if eq and value and name.lower() in _SENSITIVE_QUERY:
+        if eq and value and is_sensitive_query_name(name):
             parts[i] = f"{name}={REDACTED}"
     return "&".join(parts)
+
+
+def strip_credential_query(query: str) -> str:
+    """`a=1&key=s3cret` -> `a=1`: credential parameters removed before a request goes upstream.
+
+    Only the known credential names are removed (display redaction is broader) so that an
+    ordinary parameter such as `page_token` still reaches the provider.
+    """
+    return "&".join(p for p in query.split("&")
+                    if p and unquote_plus(p.partition("=")[0]).strip().lower() not in _SENSITIVE_QUERY)
 
 
 def redact_url(url: str) -> str:

@@ -157,3 +157,11 @@ async def test_web_master_serializes_only_redacted_flows() -> None:
     assert handler_for(f"/flows/{f.id}/response/content/auto.json") is web._FlowContentView
     assert handler_for("/commands/export") is web._ExecuteCommand
     assert handler_for("/options.json") is app.Options  # everything else is mitmweb's own
+
+
+def test_query_credentials_encoded_names() -> None:
+    assert redaction.redact_url("/v1/x?%6Bey=abc&API%5FKEY=d&x_api_key=e&page=2") == \
+        "/v1/x?%6Bey=[REDACTED]&API%5FKEY=[REDACTED]&x_api_key=[REDACTED]&page=2"
+    assert redaction.strip_credential_query("beta=true&Key=s&%6Bey=t&api_key=u&page_token=p") == \
+        "beta=true&page_token=p"
+    assert redaction.strip_credential_query("key=s") == ""
