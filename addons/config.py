@@ -40,6 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from addons import home as homes
+from addons.home import Home
+
 __all__ = [
     "CHATGPT_BASE_URL",
     "DEFAULT_BASE_URLS",
@@ -53,6 +56,7 @@ __all__ = [
     "load",
     "mask_secret",
     "parse_duration",
+    "unknown_variables",
 ]
 
 PROVIDER_TYPES = ("openai", "anthropic", "copilot")
@@ -69,6 +73,14 @@ DEFAULT_RETENTION = timedelta(days=60)
 DEFAULT_DB = Path("data/aibridge.duckdb")
 DEFAULT_LISTEN = "127.0.0.1:8888"
 DEFAULT_PROMETHEUS_ADDRESS = "127.0.0.1:2112"
+DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+DEFAULT_MAX_HEADER_COUNT = 100
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+# Shipped inside the package so a wheel install has it; config/prices.yaml in a checkout links to it.
+DEFAULT_PRICES_FILE = Path(__file__).resolve().parent / "prices.yaml"
+# Coder's defaults for a Bedrock instance that names no model.
+DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _REGION_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
@@ -189,7 +201,16 @@ class Settings:
     proxy_allowed_private_cidrs: tuple[IPNetwork, ...] = ()
     prometheus_enable: bool = False
     prometheus_address: str = DEFAULT_PROMETHEUS_ADDRESS
+    otel: bool = False  # export traces and metrics over OTLP (addons/otel.py)
+    otel_propagate_upstream: bool = False
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE  # request bodies, bytes
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # names + values of all request headers
     config_file: Path | None = None
+    home: Home = Home(Path("."), "default")  # holds data/ and certs/ (addons/home.py)
+    db_origin: str | None = None  # the variable that set `db`; None: the home's default database
+    prices_file: Path = DEFAULT_PRICES_FILE
+    unknown_variables: tuple[str, ...] = ()  # warnings about misspelled CODER_AIBRIDGE_* variables
 
     def instance(self, name: str) -> Instance | None:
         return next((i for i in self.instances if i.name == name), None)
@@ -332,7 +353,22 @@ _OPTIONS = (
         "db",
         "CODER_AIBRIDGE_DB",
         "--aibridge-db",
-        f"DuckDB database file (default ./{DEFAULT_DB})",
+        f"DuckDB database file (default: {DEFAULT_DB} in the home)",
+        metavar="FILE",
+    ),
+    _Opt(
+        "home",
+        "CODER_AIBRIDGE_HOME",
+        "--aibridge-home",
+        "the folder holding data/ and certs/ for every command (default: the current directory when it "
+        "holds them, else $XDG_STATE_HOME/aigw or ~/.local/state/aigw)",
+        metavar="DIR",
+    ),
+    _Opt(
+        "prices_file",
+        "CODER_AIBRIDGE_PRICES_FILE",
+        "--aibridge-prices-file",
+        "YAML price overrides (default: the prices.yaml shipped with aigw; see config/prices.yaml)",
         metavar="FILE",
     ),
     _Opt(
@@ -355,6 +391,27 @@ _OPTIONS = (
         "--aibridge-proxy-allowed-private-cidrs",
         "comma-separated private CIDRs the proxy may connect to (default none)",
         metavar="CIDRS",
+    ),
+    _Opt(
+        "max_body_size",
+        "CODER_AIBRIDGE_MAX_BODY_SIZE",
+        "--aibridge-max-body-size",
+        "largest request body accepted, e.g. 32MiB, 500KiB or bytes (default 32MiB; larger: 413)",
+        metavar="SIZE",
+    ),
+    _Opt(
+        "max_header_count",
+        "CODER_AIBRIDGE_MAX_HEADER_COUNT",
+        "--aibridge-max-header-count",
+        f"most request headers accepted (default {DEFAULT_MAX_HEADER_COUNT}; more: 431)",
+        metavar="N",
+    ),
+    _Opt(
+        "max_header_bytes",
+        "CODER_AIBRIDGE_MAX_HEADER_BYTES",
+        "--aibridge-max-header-bytes",
+        "largest total size of the request headers, e.g. 64KiB (default 64KiB; larger: 431)",
+        metavar="SIZE",
     ),
     _Opt(
         "prometheus_enable",
@@ -419,16 +476,16 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
 _DURATION_UNIT = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "ms": "milliseconds"}
 
 
-def parse_duration(text: str, name: str) -> timedelta | None:
+def parse_duration(text: str, name: str, zero: str | None = None) -> timedelta | None:
     """Parse ``90d``, ``720h``, ``30m``, ``45s``, ``1h30m``, ``500ms``.
 
-    ``0`` (or any zero duration) returns None: keep forever. Anything else raises :class:`ConfigError`
-    naming `name`.
+    ``0`` (or any zero duration) returns None, whose meaning is the caller's: `zero` says it in the
+    error (e.g. "keeps forever"). Anything else raises :class:`ConfigError` naming `name`.
     """
     cleaned = str(text).strip().lower()
     error = ConfigError(
         f"{name}: invalid duration {str(text).strip()!r} "
-        "(use e.g. 90d, 720h, 30m, 45s or 1h30m; 0 keeps forever)"
+        f"(use e.g. 90d, 720h, 30m, 45s or 1h30m{f'; 0 {zero}' if zero else ''})"
     )
     if cleaned == "0":
         return None
@@ -473,6 +530,28 @@ def _parse_cidrs(value: Any, name: str) -> tuple[IPNetwork, ...]:
         except ValueError:
             raise ConfigError(f"{name}: invalid CIDR {item!r} (e.g. 10.0.0.0/8 or fd00::/8)") from None
     return tuple(networks)
+
+
+_SIZE = re.compile(r"(\d+)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+              "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _parse_size(value: Any, name: str) -> int:
+    """`32MiB`, `500KiB`, `64k`, `1048576` -> bytes (at least 1)."""
+    text = str(value).strip()
+    match = _SIZE.fullmatch(text)
+    size = int(match[1]) * _SIZE_UNIT[(match[2] or "").lower()] if match else 0
+    if size < 1:
+        raise ConfigError(f"{name}: invalid size {text!r} (use e.g. 32MiB, 500KiB or a number of bytes)")
+    return size
+
+
+def _parse_count(value: Any, name: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{name}: invalid count {text!r} (expected a positive integer)")
+    return int(text)
 
 
 _HOSTPORT = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<port6>\d+)|(?P<host>[A-Za-z0-9.-]*):(?P<port>\d+)")
@@ -575,11 +654,16 @@ class _YamlSection(_YamlModel):
     log_json: _Scalar = None
     log_human: _Scalar = None
     db: _Scalar = None
+    home: _Scalar = None
+    prices_file: _Scalar = None
     listen: _Scalar = None
     allow_byok: _Scalar = None
     proxy_allowed_private_cidrs: _ScalarOrList = None
     prometheus_enable: _Scalar = None
     prometheus_address: _Scalar = None
+    max_body_size: _Scalar = None
+    max_header_count: _Scalar = None
+    max_header_bytes: _Scalar = None
     providers: list[_YamlProvider] | None = None
 
 
@@ -758,9 +842,6 @@ def _build_bedrock(raw: _RawProvider) -> BedrockSettings:
         raise ConfigError(f"{raw.where('bedrock.region')}: invalid AWS region {region!r} (e.g. us-east-1)")
     if base_url is not None:
         base_url = _parse_url(base_url, raw.where("bedrock.base_url"))
-    for required in ("bedrock.model", "bedrock.small_fast_model"):
-        if raw.get(required) is None:
-            raise ConfigError(f"{raw.where(required)}: required when Bedrock is configured")
     access_key, secret = _text(raw, "bedrock.access_key"), _text(raw, "bedrock.access_key_secret")
     if (access_key is None) != (secret is None):
         missing, present = (
@@ -775,8 +856,9 @@ def _build_bedrock(raw: _RawProvider) -> BedrockSettings:
     return BedrockSettings(
         region=region,
         base_url=base_url,
-        model=str(_text(raw, "bedrock.model")),
-        small_fast_model=str(_text(raw, "bedrock.small_fast_model")),
+        # Coder's server fills unset models with its defaults, and its setup page's examples rely on it.
+        model=_text(raw, "bedrock.model") or DEFAULT_BEDROCK_MODEL,
+        small_fast_model=_text(raw, "bedrock.small_fast_model") or DEFAULT_BEDROCK_SMALL_FAST_MODEL,
         access_key=access_key,
         access_key_secret=secret,
     )
@@ -923,19 +1005,59 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     raws = _legacy_providers(picked) + (_env_providers(environ) or _yaml_providers(section))
     instances = _build_instances(raws) or _default_instances()
 
+    home_value = picked["home"]
+    home = homes.resolve(home_value and str(home_value.value), home_value.origin if home_value else "", environ)
+    db_value = picked["db"]
+    prices_file = value("prices_file", _parse_file, DEFAULT_PRICES_FILE)
+
     return Settings(
         enabled=value("enabled", _parse_bool, True),
         instances=instances,
-        retention=value("retention", lambda v, n: parse_duration(str(v), n), DEFAULT_RETENTION),
+        retention=value("retention", lambda v, n: parse_duration(str(v), n, "keeps forever"), DEFAULT_RETENTION),
         structured_logging=value("structured_logging", _parse_bool, False),
         log_json=value("log_json", text, None),
         log_human=value("log_human", text, None),
-        db=value("db", lambda v, n: Path(str(v)).expanduser(), DEFAULT_DB),
+        db=Path(str(db_value.value)).expanduser() if db_value else home.default_db,
         listen_host=listen_host,
         listen_port=listen_port,
         allow_byok=value("allow_byok", _parse_bool, True),
         proxy_allowed_private_cidrs=value("proxy_allowed_private_cidrs", _parse_cidrs, ()),
         prometheus_enable=value("prometheus_enable", _parse_bool, False),
         prometheus_address=prometheus_address,
+        max_body_size=value("max_body_size", _parse_size, DEFAULT_MAX_BODY_SIZE),
+        max_header_count=value("max_header_count", _parse_count, DEFAULT_MAX_HEADER_COUNT),
+        max_header_bytes=value("max_header_bytes", _parse_size, DEFAULT_MAX_HEADER_BYTES),
         config_file=config_file,
+        home=home,
+        db_origin=db_value.origin if db_value else None,
+        prices_file=prices_file,
+        unknown_variables=unknown_variables(environ),
     )
+
+
+def _parse_file(value: Any, name: str) -> Path:
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{name}: no such file {str(path)!r}")
+    return path
+
+
+# CODER_AIBRIDGE_* variables read outside the options table (none today); provider variables are
+# checked by _env_providers.
+_OTHER_KNOWN_VARIABLES: frozenset[str] = frozenset()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """One warning per CODER_AIBRIDGE_* variable no setting reads, with the closest known name:
+    a misspelled variable would otherwise be ignored without a word."""
+    import difflib
+
+    known = sorted({o.env for o in _OPTIONS} | {CONFIG_ENV} | _OTHER_KNOWN_VARIABLES)
+    warnings = []
+    for var in sorted(environ):
+        if not var.startswith("CODER_AIBRIDGE_") or var.startswith(_ENV_PREFIX) or var in known:
+            continue
+        close = difflib.get_close_matches(var, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see aigw serve --help for the known names"
+        warnings.append(f"{var}: unknown variable, ignored ({hint})")
+    return tuple(warnings)
