@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from addons import config, runtime
-from addons.config import ConfigError, Settings
+from addons.config import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL, ConfigError, Settings
 
 log = logging.getLogger("aigw")
 
@@ -404,12 +404,20 @@ def cmd_prices_missing(args: argparse.Namespace, settings: Settings) -> int:
 # -- config ----------------------------------------------------------------------
 
 
+def bedrock_model_text(model: str, default: str) -> str:
+    return f"{model} (Coder's default)" if model == default else model
+
+
 def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"configuration OK ({len(settings.instances)} provider instance(s))")
     print(f"listen: {settings.listen_host}:{settings.listen_port}   db: {settings.db}   "
           f"enabled: {settings.enabled}   allow_byok: {settings.allow_byok}")
     for instance in settings.instances:
         print(json.dumps(instance.masked(), default=str))
+        if instance.bedrock is not None:
+            print(f"{instance.name}: Bedrock model {bedrock_model_text(instance.bedrock.model, DEFAULT_BEDROCK_MODEL)}, "
+                  "small-fast model "
+                  f"{bedrock_model_text(instance.bedrock.small_fast_model, DEFAULT_BEDROCK_SMALL_FAST_MODEL)}")
     from addons.proxy_policy import build_host_map, describe_host_map
 
     print("\n".join(describe_host_map(build_host_map(settings))))

@@ -286,11 +286,20 @@ def test_legacy_bedrock_from_flags_and_yaml(tmp_path: Path) -> None:
     assert (bedrock.access_key, bedrock.access_key_secret) == (AWS_KEY, AWS_SECRET)
 
 
-def test_legacy_bedrock_missing_model_named_in_the_source_that_configured_it(tmp_path: Path) -> None:
+def test_bedrock_models_default_to_coders_like_its_setup_page_examples(tmp_path: Path) -> None:
+    """Coder's setup page omits both models in its examples; its server fills them with these defaults."""
     path = write_yaml(tmp_path, "aibridge:\n  bedrock_region: us-east-1\n  bedrock_small_fast_model: s\n")
-    assert error(flags("--config", str(path))).startswith("aibridge.bedrock_model: required")
-    message = error(None, {"CODER_AIBRIDGE_BEDROCK_REGION": "us-east-1", "CODER_AIBRIDGE_BEDROCK_MODEL": "m"})
-    assert message.startswith("CODER_AIBRIDGE_BEDROCK_SMALL_FAST_MODEL: required")
+    bedrock = load(flags("--config", str(path)), {}).instance("anthropic").bedrock
+    assert (bedrock.model, bedrock.small_fast_model) == ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "s")
+    env = {"CODER_AIBRIDGE_BEDROCK_REGION": "us-east-1", "CODER_AIBRIDGE_BEDROCK_MODEL": "m"}
+    bedrock = load(None, env).instance("anthropic").bedrock
+    assert (bedrock.model, bedrock.small_fast_model) == ("m", "global.anthropic.claude-haiku-4-5-20251001-v1:0")
+    indexed = {f"{P}0_TYPE": "anthropic", f"{P}0_NAME": "anthropic-bedrock", f"{P}0_BEDROCK_REGION": "us-west-2"}
+    bedrock = load(None, indexed).instance("anthropic-bedrock").bedrock
+    assert bedrock.model == "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    assert bedrock.small_fast_model == "global.anthropic.claude-haiku-4-5-20251001-v1:0"
+    # The rest of Bedrock's validation is unchanged: a model alone still needs a region or base URL.
+    assert error(None, {"CODER_AIBRIDGE_BEDROCK_MODEL": "m"}).startswith("CODER_AIBRIDGE_BEDROCK_REGION: Bedrock needs")
 
 
 # --------------------------------------------------------------------------- indexed instances
@@ -582,8 +591,6 @@ B = f"{P}0_BEDROCK_"
     ("drop", "add", "prefix"),
     [
         ("REGION", {}, f"{B}REGION: Bedrock needs a region or a base URL ({B}BASE_URL)"),
-        ("MODEL", {}, f"{B}MODEL: required"),
-        ("SMALL_FAST_MODEL", {}, f"{B}SMALL_FAST_MODEL: required"),
         (None, {"ACCESS_KEY": AWS_KEY}, f"{B}ACCESS_KEY_SECRET: required when {B}ACCESS_KEY is set"),
         (
             None,
