@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from addons.clients import detect_client
+from addons.clients import identify
 from addons.wire import anthropic, chat, responses
 
 COPILOT_PROMPT = "<current_datetime>2026-11-28T17:52:20.957+00:00</current_datetime>\n\nsay hi"
@@ -28,7 +28,7 @@ COPILOT_PROMPT = "<current_datetime>2026-11-28T17:52:20.957+00:00</current_datet
     ({"user-agent": "codex_exec/0.171.0 (Debian 12.0.0; x86_64)", "originator": "codex_exec"}, "Codex"),
 ])
 def test_detect_client(headers: dict[str, str], client: str) -> None:
-    assert detect_client(headers) == client
+    assert identify(headers, None).client == client
 
 
 def test_copilot_clock_is_not_part_of_the_prompt() -> None:
