@@ -217,8 +217,18 @@ class Interceptor:
         interception = Interception(id=str(uuid.uuid4()), api=ctx.route.api, started_at=now, info=info)
         ctx.interception = interception
         headers = flow.request.headers
-        client = clients.detect_client(headers)
+        who = clients.identify(headers, body)
         flow.metadata["aigw_interception_id"] = interception.id
+        metadata: dict[str, Any] = {
+            "username": ctx.identity.user_name,
+            "user_agent": headers.get("user-agent"),
+            "route": ctx.route.name,
+            "method": flow.request.method,
+            "stream": info.stream,
+            "mode": ctx.extra.get("mode", "gateway"),
+        }
+        if who.version:
+            metadata["client_version"] = who.version
         self.record(InterceptionStart(
             id=interception.id,
             initiator_id=ctx.identity.user_id,
@@ -226,19 +236,12 @@ class Interceptor:
             provider=ctx.instance.type,
             provider_name=ctx.instance.name,
             model=info.model,
-            client=client,
-            client_session_id=clients.session_id(headers, body),
+            client=who.client,
+            client_session_id=who.session_id,
             credential_kind="byok" if ctx.byok else "centralized",
             credential_hint=clients.mask_secret(ctx.client_credential if ctx.byok else ctx.instance.key),
             started_at=now,
-            metadata={
-                "username": ctx.identity.user_name,
-                "user_agent": headers.get("user-agent"),
-                "route": ctx.route.name,
-                "method": flow.request.method,
-                "stream": info.stream,
-                "mode": ctx.extra.get("mode", "gateway"),
-            },
+            metadata=metadata,
             correlating_tool_call_id=info.correlating_tool_call_id,
         ))
         return interception
