@@ -1,4 +1,4 @@
-"""The gateway's CA (mitmproxy's files in ./certs) and what clients need to trust it.
+"""The gateway's CA (mitmproxy's files in the home's certs/) and what clients need to trust it.
 
 mitmproxy generates the CA in its confdir on first start: `mitmproxy-ca.pem`
 holds the private key (owner-only), `mitmproxy-ca-cert.pem` is the public
@@ -16,20 +16,18 @@ import shlex
 import ssl
 import stat
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from addons.config import Settings
 
-CONFDIR = Path("./certs")
 BASENAME = "mitmproxy"
 CERT_FILE = f"{BASENAME}-ca-cert.pem"
 SECRET_FILES = (f"{BASENAME}-ca.pem", f"{BASENAME}-ca.p12")  # hold the CA private key
 PUBLIC_FILES = (CERT_FILE, f"{BASENAME}-ca-cert.cer", f"{BASENAME}-ca-cert.p12")
-BUNDLE_FILE = "aigw-ca-bundle.pem"
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
 
 
-def ensure_ca(confdir: Path = CONFDIR, key_size: int = 2048) -> Path:
+def ensure_ca(confdir: Path, key_size: int = 2048) -> Path:
     """Create the CA if missing (as the gateway would on start); return the public certificate's path."""
     from mitmproxy.certs import CertStore
 
@@ -79,7 +77,7 @@ def root_certificates() -> list[bytes]:
     return list(seen)
 
 
-def write_bundle(dest: Path, confdir: Path = CONFDIR) -> tuple[Path, int]:
+def write_bundle(dest: Path, confdir: Path) -> tuple[Path, int]:
     """Write roots + the gateway CA to `dest` (atomically); return (path, number of certificates)."""
     ca = ensure_ca(confdir).read_bytes()
     own = set(_PEM.findall(ca))
@@ -94,36 +92,45 @@ def write_bundle(dest: Path, confdir: Path = CONFDIR) -> tuple[Path, int]:
     return dest.resolve(), len(blocks) + 1
 
 
-def listen_address(settings: Settings) -> str:
-    """host:port clients use to reach the listener (a wildcard bind is reached on loopback)."""
-    host = settings.listen_host
+def reachable_address(host: str, port: int) -> str:
+    """host:port clients use to reach a listener (a wildcard bind is reached on loopback)."""
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"{host}:{settings.listen_port}"
+    return f"{host}:{port}"
 
 
-def proxy_url(settings: Settings, user_key: str | None) -> str:
+def address_of(url: str) -> str:
+    """host:port of a running gateway's URL (from its runtime file)."""
+    parts = urlsplit(url)
+    return reachable_address(parts.hostname or "", parts.port or 80)
+
+
+def proxy_url(address: str, user_key: str | None) -> str:
     key = quote(user_key, safe="") if user_key else "<gateway-key>"
-    return f"http://aigw:{key}@{listen_address(settings)}"
+    return f"http://aigw:{key}@{address}"
 
 
-def env_exports(settings: Settings, user_key: str | None, confdir: Path = CONFDIR) -> str:
-    """The shell lines `aigw env` prints."""
-    bundle, _ = write_bundle(confdir / BUNDLE_FILE, confdir)  # creates the CA if missing
+def env_exports(settings: Settings, user_key: str | None, address: str, confdir: Path,
+                bundle: Path | None) -> str:
+    """The shell lines `aigw env` prints for a gateway at `address` (host:port)."""
     cert = (confdir / CERT_FILE).resolve()
-    gateway = f"http://{listen_address(settings)}"
+    gateway = f"http://{address}"
     key = user_key or "<gateway-key>"
     lines = [
         "# Transparent proxy: AI traffic is recorded, everything else is tunnelled untouched.",
-        f"export HTTPS_PROXY={shlex.quote(proxy_url(settings, user_key))}",
+        f"export HTTPS_PROXY={shlex.quote(proxy_url(address, user_key))}",
         f"export NODE_EXTRA_CA_CERTS={shlex.quote(str(cert))}   # Node: Claude Code, Copilot (adds to the roots)",
-        f"export SSL_CERT_FILE={shlex.quote(str(bundle))}   # Python/Codex: replaces the roots (bundle)",
-        f"export REQUESTS_CA_BUNDLE={shlex.quote(str(bundle))}",
-        "",
-        "# Or base-URL mode (no proxy): point the SDKs at the gateway routes.",
     ]
+    if bundle is not None:
+        lines += [f"export SSL_CERT_FILE={shlex.quote(str(bundle))}   # Python/Codex: replaces the roots (bundle)",
+                  f"export REQUESTS_CA_BUNDLE={shlex.quote(str(bundle))}"]
+    else:
+        lines += ["# Python/Codex replace the default roots, so they need a bundle (roots + gateway CA):",
+                  "# run `aigw env --bundle FILE` (or `aigw ca --bundle FILE`) to write one and export",
+                  "# SSL_CERT_FILE and REQUESTS_CA_BUNDLE pointing at it."]
+    lines += ["", "# Or base-URL mode (no proxy): point the SDKs at the gateway routes."]
     for instance in settings.instances:
         route = f"{gateway}/api/v2/aibridge/{instance.name}"
         if instance.type == "anthropic":

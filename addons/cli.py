@@ -7,33 +7,46 @@ import csv
 import io
 import json
 import logging
+import math
+import os
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from addons import config, runtime
+from addons import __version__, config, runtime
 from addons.config import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL, ConfigError, Settings
+from addons.home import HOME_HINT
 
 log = logging.getLogger("aigw")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         sys.exit(2)
+    args.argv = argv
     try:
         settings = config.load(args)
     except ConfigError as e:
         fail(f"configuration error: {e}")
+    if args.func not in (cmd_serve, cmd_config_check):  # the gateway logs them; config check lists them
+        for warning in settings.unknown_variables:
+            print(f"aigw: warning: {warning}", file=sys.stderr)
     try:
         sys.exit(args.func(args, settings) or 0)
-    except runtime.GatewayApiError as e:
+    except (runtime.GatewayApiError, ConfigError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `aigw … | head`: the reader is gone; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -43,6 +56,7 @@ def fail(message: str, code: int = 1) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigw", description="An AI gateway for coding agents, on mitmproxy.")
+    parser.add_argument("--version", action="version", version=f"aigw {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(name: str, func: Callable[..., int | None], help: str) -> argparse.ArgumentParser:
@@ -57,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="set a mitmproxy option (repeatable), e.g. --set confdir=./certs")
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
+        p.add_argument("--detach", action="store_true",
+                       help="run in the background (output to aigw.log in the home); return once it is ready")
+    p = command("wait", cmd_wait, "wait until the gateway of this home answers /healthz")
+    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS")
+    p = command("stop", cmd_stop, "stop the gateway of this home (it drains in-flight requests first)")
+    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS")
 
     keys = sub.add_parser("keys", help="manage gateway keys").add_subparsers(metavar="ACTION")
     p = keys.add_parser("create", help="create a key (printed once)")
@@ -70,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_list)
-    p = keys.add_parser("revoke", help="revoke a key by id")
+    p = keys.add_parser("revoke", help="revoke a key by its id or the whole key")
     config.add_arguments(p)
-    p.add_argument("id")
+    p.add_argument("key", metavar="ID_OR_KEY", help="the key's id (aigw_…) or the whole key")
     p.set_defaults(func=cmd_keys_revoke)
 
     p = command("query", cmd_query, "read-only SQL over the recorded data")
@@ -111,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ca", cmd_ca, "print the gateway CA certificate's path, or write a bundle with the system roots")
     p.add_argument("--bundle", metavar="FILE", help="write the system/certifi roots plus the gateway CA to FILE "
                    "(for SSL_CERT_FILE / REQUESTS_CA_BUNDLE, which replace the default roots)")
+    p.add_argument("--init", action="store_true", help="create the CA in the home if there is none yet "
+                   "(the gateway does so on first start)")
     p = command("env", cmd_env, "print the shell exports a client needs to use the transparent proxy")
     p.add_argument("--user-key", metavar="KEY", help="your gateway key (the proxy password)")
+    p.add_argument("--bundle", metavar="FILE", help="also write the roots + gateway CA bundle to FILE and export "
+                   "SSL_CERT_FILE / REQUESTS_CA_BUNDLE pointing at it")
 
     cfg = sub.add_parser("config", help="configuration").add_subparsers(metavar="ACTION")
     p = cfg.add_parser("check", help="validate configuration and print the provider instances")
@@ -125,20 +149,111 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.detach:
+        return serve_detached(args, settings)
     from addons.gateway import run_gateway
 
     return run_gateway(settings, sets=args.set, web=args.web, quiet=args.quiet)
 
 
+def serve_detached(args: argparse.Namespace, settings: Settings) -> int:
+    """Start `aigw serve` in the background, output to the home's aigw.log; return once /healthz answers."""
+    import subprocess
+
+    running = runtime.read(settings.db)
+    if running is not None:
+        fail(f"a gateway already runs for {settings.db} at {running.url} (pid {running.pid}); stop it with aigw stop")
+    log_file = settings.home.log_file
+    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log_file, "ab") as out:
+        start = out.tell()
+        child = subprocess.Popen([sys.executable, "-m", "addons", *(a for a in args.argv if a != "--detach")],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # survives the shell that started it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            with open(log_file, "rb") as f:
+                f.seek(start)
+                lines = f.read().decode(errors="replace").strip().splitlines()
+            fail(f"the gateway exited at start ({lines[-1] if lines else f'exit code {child.returncode}'}); "
+                 f"log: {log_file}")
+        gateway = runtime.read(settings.db)
+        if gateway is not None and gateway.pid == child.pid and runtime.healthy(gateway):
+            print(f"aigw: gateway running at {gateway.url} (pid {child.pid}); log: {log_file}; stop: aigw stop")
+            return 0
+        time.sleep(0.1)
+    fail(f"the gateway (pid {child.pid}) is not ready after 60 s; log: {log_file}")
+    return 1
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        gateway = runtime.read(settings.db)
+        if gateway is not None and runtime.healthy(gateway):
+            print(f"aigw: gateway ready at {gateway.url}")
+            return 0
+        if time.monotonic() > deadline:
+            fail(f"no gateway ready within {args.timeout:g} s (a running one writes "
+                 f"{runtime.runtime_path(settings.db)}; home {settings.home.path}: {settings.home.reason})")
+        time.sleep(0.2)
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    gateway = runtime.read(settings.db)
+    if gateway is None:
+        fail(f"no gateway runs for {settings.db} (home {settings.home.path}: {settings.home.reason}); "
+             f"point elsewhere with {HOME_HINT}")
+    assert gateway is not None
+    # The pid could have been reused since a crash: stop it only if it answers with this run's admin token.
+    try:
+        runtime.call(gateway, "GET", "/api/v2/aibridge/keys", timeout=5)
+    except runtime.GatewayApiError:
+        fail(f"pid {gateway.pid} does not answer as the gateway at {gateway.url}; not stopping it "
+             f"(remove {runtime.runtime_path(settings.db)} if it is stale)")
+    try:
+        os.kill(gateway.pid, signal.SIGTERM)
+    except PermissionError:
+        fail(f"the gateway (pid {gateway.pid}) belongs to another user; stop it as that user")
+    deadline = time.monotonic() + args.timeout
+    while runtime.read(settings.db) is not None:
+        if time.monotonic() > deadline:
+            fail(f"the gateway (pid {gateway.pid}) is still draining after {args.timeout:g} s")
+        time.sleep(0.1)
+    print(f"aigw: stopped the gateway at {gateway.url} (pid {gateway.pid})")
+    return 0
+
+
 # -- keys ------------------------------------------------------------------------
 
 
+def missing_state(what: str, path: Path, settings: Settings, origin: str | None = None) -> str:
+    """The one line a command prints when the database or CA it needs does not exist."""
+    if origin is not None:
+        return f"no {what} at {path} (set by {origin}); start the gateway first (aigw serve), or fix {origin}"
+    return (f"no {what} at {path} (home {settings.home.path}: {settings.home.reason}); start the gateway "
+            f"first (aigw serve), or point elsewhere with {HOME_HINT}")
+
+
+def no_database(settings: Settings) -> str:
+    return missing_state("database", settings.db, settings, settings.db_origin)
+
+
 def with_store(settings: Settings, remote: Callable[[runtime.RunningGateway], Any],
-               local: Callable[[Any], Any]) -> Any:
-    """Run through the running gateway if there is one, else on the database directly."""
+               local: Callable[[Any], Any], *, create: bool = False) -> Any:
+    """Run through the running gateway if there is one, else on the database directly.
+
+    Only with `create` and a database location the user named (not guessed from the directory) is a
+    missing database created: provisioning the first admin key before the first start.
+    """
     gateway = runtime.read(settings.db)
     if gateway is not None:
         return remote(gateway)
+    if not settings.db.exists() and not (create and (settings.db_origin or settings.home.explicit)):
+        fail(no_database(settings))
     from addons.store import db
 
     try:
@@ -155,7 +270,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from addons.admin import key_json
     from addons.store import keys as keystore
 
-    expires = config.parse_duration(args.expires, "--expires") if args.expires else None
+    expires = config.parse_duration(args.expires, "--expires", "never expires") if args.expires else None
 
     def local(conn: Any) -> dict[str, Any]:
         try:
@@ -165,7 +280,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         return {**key_json(info), "key": secret}
 
     created = with_store(settings, lambda gw: runtime.call(gw, "POST", "/api/v2/aibridge/keys", {
-        "user": args.user, "admin": args.admin, "expires": args.expires}), local)
+        "user": args.user, "admin": args.admin, "expires": args.expires}), local, create=True)
     if args.json:
         print(json.dumps({"id": created["id"], "user": created["user"], "key": created["key"],
                           "admin": created["admin"], "expires_at": created["expires_at"]}))
@@ -183,7 +298,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = with_store(settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/keys"),
                       lambda conn: [key_json(i) for i in keystore.list_keys(conn)])
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dump_json(rows))
         return 0
     columns = ["id", "user", "admin", "created_at", "expires_at", "revoked_at", "last_used_at"]
     print(render_table(columns, [[r[c] for c in columns] for r in rows]))
@@ -193,12 +308,17 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from addons.store import keys as keystore
 
+    try:
+        key_id = keystore.key_id_from(args.key)  # a whole key is sent nowhere, only its id
+    except ValueError as e:
+        fail(str(e))
+
     def local(conn: Any) -> bool:
-        return keystore.revoke_key(conn, args.id)
+        return keystore.revoke_key(conn, key_id)
 
     def remote(gw: runtime.RunningGateway) -> bool:
         try:
-            runtime.call(gw, "DELETE", f"/api/v2/aibridge/keys/{args.id}")
+            runtime.call(gw, "DELETE", f"/api/v2/aibridge/keys/{key_id}")
         except runtime.GatewayApiError as e:
             if e.status == 404:
                 return False
@@ -206,8 +326,8 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         return True
 
     if not with_store(settings, remote, local):
-        fail(f"no active key {args.id!r}")
-    print(f"Revoked {args.id}.")
+        fail(f"no active key {key_id!r}")
+    print(f"Revoked {key_id}.")
     return 0
 
 
@@ -215,27 +335,57 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.store.query import QueryError, run_query
-
-    def remote(gateway: runtime.RunningGateway) -> tuple[list[str], list[Any]]:
-        result = runtime.call(gateway, "POST", "/api/v2/aibridge/query", {"sql": args.sql})
-        return result["columns"], result["rows"]
-
-    def local(conn: Any) -> tuple[list[str], list[Any]]:
-        try:
-            res = run_query(conn, args.sql)
-        except QueryError as e:
-            fail(str(e))
-        return res.columns, res.rows
-
-    columns, rows = read_store(settings, remote, local)
+    columns, rows = run_sql(settings, args.sql)
     print(format_rows(columns, rows, args.format))
     return 0
 
 
+def run_sql(settings: Settings, sql: str) -> tuple[list[str], list[Any]]:
+    """Read-only SQL through the running gateway, else on the database file."""
+    from addons.store.query import QueryError, run_query
+
+    def remote(gateway: runtime.RunningGateway) -> tuple[list[str], list[Any]]:
+        result = runtime.call(gateway, "POST", "/api/v2/aibridge/query", {"sql": sql})
+        return result["columns"], result["rows"]
+
+    def local(conn: Any) -> tuple[list[str], list[Any]]:
+        try:
+            res = run_query(conn, sql)
+        except QueryError as e:
+            fail(str(e))
+        return res.columns, res.rows
+
+    return read_store(settings, remote, local)
+
+
+def round_cost(value: float) -> float:
+    """Six significant digits, and never fewer than six decimals (micro-dollars): 0.0010674999999999999
+    prints as 0.0010675, 12345.6789123 as 12345.678912."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, max(6, 5 - math.floor(math.log10(abs(value)))))
+
+
+def tidy(value: Any, key: str = "") -> Any:
+    """Output values as people read them: costs (any key containing "cost") rounded by round_cost."""
+    if isinstance(value, float) and "cost" in key:
+        return round_cost(value)
+    if isinstance(value, dict):
+        return {k: tidy(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [tidy(v, key) for v in value]
+    return value
+
+
+def dump_json(value: Any, indent: int | None = 2) -> str:
+    """JSON as printed by every command: readable text (… not \u2026), costs rounded."""
+    return json.dumps(tidy(value), indent=indent, default=str, ensure_ascii=False)
+
+
 def format_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> str:
+    rows = [[tidy(v, c) for c, v in zip(columns, row, strict=True)] for row in rows]
     if fmt == "json":
-        return json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=2, default=str)
+        return dump_json([dict(zip(columns, row, strict=True)) for row in rows])
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
@@ -258,7 +408,7 @@ def render_table(columns: list[str], rows: list[list[Any]]) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
     text = text.replace("\n", " ")
     return text if len(text) <= 80 else text[:79] + "…"
 
@@ -287,7 +437,7 @@ def read_store(settings: Settings, remote: Callable[[runtime.RunningGateway], An
     from addons.store import db
 
     if not settings.db.exists():
-        fail(f"no database at {settings.db} (start the gateway first, or set --aibridge-db)")
+        fail(no_database(settings))
     try:
         conn = db.connect(settings.db, read_only=True)
     except (db.DatabaseLockedError, duckdb.Error) as e:
@@ -326,7 +476,7 @@ def cmd_interceptions_list(args: argparse.Namespace, settings: Settings) -> int:
     page = read_store(settings, lambda gw: runtime.call(
         gw, "GET", "/api/v2/aibridge/interceptions?" + filter_query(args, after_id=args.after_id)), local)
     if args.json:
-        print(json.dumps(page, indent=2, default=str))
+        print(dump_json(page))
         return 0
     print(audit.format_table(page["interceptions"], audit.INTERCEPTION_COLUMNS))
     if page["next_after_id"]:
@@ -334,14 +484,36 @@ def cmd_interceptions_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
+
+
+def resolve_interception_id(settings: Settings, text: str) -> str:
+    """A full interception id, or the one id that starts with `text` (as shown by `interceptions list`)."""
+    prefix = text.strip().lower()
+    if _FULL_ID.fullmatch(prefix):
+        return prefix
+    if not _ID_PREFIX.fullmatch(prefix):
+        fail(f"invalid interception id {text!r} (a full id or the start of one, hex digits and dashes)")
+    # The prefix is only hex digits and dashes (checked above), so it can sit in the SQL text.
+    _, rows = run_sql(settings, "SELECT id::VARCHAR FROM aibridge_interceptions "
+                                f"WHERE starts_with(id::VARCHAR, '{prefix}') ORDER BY id LIMIT 2")
+    if not rows:
+        fail(f"no interception with an id starting {prefix!r}")
+    if len(rows) > 1:
+        fail(f"several interceptions have ids starting {prefix!r} ({rows[0][0]}, {rows[1][0]}, …); give more of it")
+    return str(rows[0][0])
+
+
 def cmd_interceptions_show(args: argparse.Namespace, settings: Settings) -> int:
     from addons.store import audit
 
-    found = read_store(settings, lambda gw: runtime.call(gw, "GET", f"/api/v2/aibridge/interceptions/{args.id}"),
-                       lambda conn: audit.get_interception(conn, args.id))
+    iid = resolve_interception_id(settings, args.id)
+    found = read_store(settings, lambda gw: runtime.call(gw, "GET", f"/api/v2/aibridge/interceptions/{iid}"),
+                       lambda conn: audit.get_interception(conn, iid))
     if found is None:
         fail(f"no interception {args.id!r}")
-    print(json.dumps(found, indent=2, default=str))
+    print(dump_json(found))
     return 0
 
 
@@ -352,7 +524,7 @@ def cmd_sessions_list(args: argparse.Namespace, settings: Settings) -> int:
         settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/sessions?" + filter_query(args))["sessions"],
         lambda conn: audit.list_sessions(conn, local_filters(args, settings), args.limit))
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dump_json(rows))
     else:
         print(audit.format_table(rows, audit.SESSION_COLUMNS))
     return 0
@@ -392,13 +564,25 @@ def cmd_prices_missing(args: argparse.Namespace, settings: Settings) -> int:
     rows = read_store(settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/admin/prices/missing")["missing"],
                       missing_prices)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(dump_json(rows))
     elif not rows:
         print("every model seen has a price")
     else:
         columns = list(rows[0])
         print(render_table(columns, [[r[c] for c in columns] for r in rows]))
+        print(price_hint(settings, rows[0]))
     return 0
+
+
+def price_hint(settings: Settings, row: dict[str, Any]) -> str:
+    entry = f"- {{provider: {row['provider']}, model: {row['model']}, input: 3.00, output: 15.00}}"
+    if settings.prices_file == config.DEFAULT_PRICES_FILE:
+        where = (f"config/prices.yaml (in a checkout; it is {config.DEFAULT_PRICES_FILE}), or to your own copy "
+                 "named by --aibridge-prices-file FILE or CODER_AIBRIDGE_PRICES_FILE")
+    else:
+        where = str(settings.prices_file)
+    return (f"To price a model, add an entry such as `{entry}` (USD per 1M tokens) to {where}, then restart "
+            "the gateway.")
 
 
 # -- config ----------------------------------------------------------------------
@@ -409,8 +593,21 @@ def bedrock_model_text(model: str, default: str) -> str:
 
 
 def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
+    from addons import ca
+
     print(f"configuration OK ({len(settings.instances)} provider instance(s))")
-    print(f"listen: {settings.listen_host}:{settings.listen_port}   db: {settings.db}   "
+    for warning in settings.unknown_variables:
+        print(f"warning: {warning}")
+    home = settings.home
+    print(f"home: {home.path} ({home.reason})")
+    where = f"set by {settings.db_origin}" if settings.db_origin else "in the home"
+    print(f"database: {settings.db} ({where}; {'exists' if settings.db.exists() else 'aigw serve creates it'})")
+    cert = home.certs_dir / ca.CERT_FILE
+    print(f"CA: {cert} ({'exists' if cert.exists() else 'aigw serve creates it'})")
+    print(f"prices: {settings.prices_file}")
+    gateway = runtime.read(settings.db)
+    print(f"gateway: running at {gateway.url} (pid {gateway.pid})" if gateway else "gateway: not running")
+    print(f"listen: {settings.listen_host}:{settings.listen_port}   "
           f"enabled: {settings.enabled}   allow_byok: {settings.allow_byok}")
     for instance in settings.instances:
         print(json.dumps(instance.masked(), default=str))
@@ -427,22 +624,45 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
 # -- ca / env --------------------------------------------------------------------
 
 
+def existing_ca(settings: Settings) -> Path:
+    """The home's CA directory; stops with one line when the gateway has not created the CA yet."""
+    from addons import ca
+
+    confdir = settings.home.certs_dir
+    if not (confdir / ca.CERT_FILE).is_file():
+        fail(missing_state("CA", confdir / ca.CERT_FILE, settings) + " (or create it now: aigw ca --init)")
+    return confdir
+
+
+def write_bundle(dest: str, confdir: Path) -> Path:
+    from addons import ca
+
+    path, count = ca.write_bundle(Path(dest), confdir)
+    print(f"aigw: wrote {path}: {count} certificates (system roots + the gateway CA)", file=sys.stderr)
+    return path
+
+
 def cmd_ca(args: argparse.Namespace, settings: Settings) -> int:
     from addons import ca
 
-    if args.bundle:
-        path, count = ca.write_bundle(Path(args.bundle))
-        print(path)
-        print(f"aigw: wrote {count} certificates (system roots + the gateway CA)", file=sys.stderr)
-    else:
-        print(ca.ensure_ca())
+    confdir = settings.home.certs_dir
+    cert = ca.ensure_ca(confdir) if args.init else existing_ca(settings) / ca.CERT_FILE
+    print(write_bundle(args.bundle, confdir) if args.bundle else cert.resolve())
     return 0
 
 
 def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
     from addons import ca
 
-    print(ca.env_exports(settings, args.user_key))
+    confdir = existing_ca(settings)
+    bundle = write_bundle(args.bundle, confdir) if args.bundle else None
+    gateway = runtime.read(settings.db)
+    if gateway is not None:
+        address = ca.address_of(gateway.url)
+    else:
+        address = ca.reachable_address(settings.listen_host, settings.listen_port)
+        print(f"# No gateway runs for {settings.db}: this is the configured address.")
+    print(ca.env_exports(settings, args.user_key, address, confdir, bundle))
     return 0
 
 

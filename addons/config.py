@@ -41,6 +41,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from addons import home as homes
+from addons.breaker import BreakerSettings
 from addons.home import Home
 
 __all__ = [
@@ -73,11 +74,14 @@ DEFAULT_RETENTION = timedelta(days=60)
 DEFAULT_DB = Path("data/aibridge.duckdb")
 DEFAULT_LISTEN = "127.0.0.1:8888"
 DEFAULT_PROMETHEUS_ADDRESS = "127.0.0.1:2112"
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
+DEFAULT_IDLE_TIMEOUT = 300.0  # seconds
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 # Shipped inside the package so a wheel install has it; config/prices.yaml in a checkout links to it.
 DEFAULT_PRICES_FILE = Path(__file__).resolve().parent / "prices.yaml"
+DEFAULT_HOME = Home(Path("."), "the current directory")  # what load() replaces; for Settings built in code
 # Coder's defaults for a Bedrock instance that names no model.
 DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -201,13 +205,16 @@ class Settings:
     proxy_allowed_private_cidrs: tuple[IPNetwork, ...] = ()
     prometheus_enable: bool = False
     prometheus_address: str = DEFAULT_PROMETHEUS_ADDRESS
+    upstream_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT  # seconds; None: no limit
+    upstream_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # seconds; None: no limit
+    circuit_breaker: BreakerSettings | None = None  # None: disabled
     otel: bool = False  # export traces and metrics over OTLP (addons/otel.py)
     otel_propagate_upstream: bool = False
     max_body_size: int = DEFAULT_MAX_BODY_SIZE  # request bodies, bytes
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # names + values of all request headers
     config_file: Path | None = None
-    home: Home = Home(Path("."), "default")  # holds data/ and certs/ (addons/home.py)
+    home: Home = DEFAULT_HOME  # holds data/ and certs/ (addons/home.py)
     db_origin: str | None = None  # the variable that set `db`; None: the home's default database
     prices_file: Path = DEFAULT_PRICES_FILE
     unknown_variables: tuple[str, ...] = ()  # warnings about misspelled CODER_AIBRIDGE_* variables
@@ -427,6 +434,72 @@ _OPTIONS = (
         f"host:port of the metrics endpoint (default {DEFAULT_PROMETHEUS_ADDRESS})",
         metavar="HOST:PORT",
     ),
+    _Opt(
+        "upstream_connect_timeout",
+        "CODER_AIBRIDGE_UPSTREAM_CONNECT_TIMEOUT",
+        "--aibridge-upstream-connect-timeout",
+        "longest TCP+TLS connect to a provider (default 10s; 0: no limit)",
+        metavar="DURATION",
+    ),
+    _Opt(
+        "upstream_idle_timeout",
+        "CODER_AIBRIDGE_UPSTREAM_IDLE_TIMEOUT",
+        "--aibridge-upstream-idle-timeout",
+        "longest a provider may stay silent before the response headers or between two body chunks "
+        "(default 300s; 0: no limit)",
+        metavar="DURATION",
+    ),
+    _Opt(
+        "circuit_breaker_enabled",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED",
+        "--aibridge-circuit-breaker-enabled",
+        "stop sending requests to a provider endpoint and model that keeps failing (default false)",
+        is_bool=True,
+    ),
+    _Opt(
+        "circuit_breaker_failure_threshold",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+        "--aibridge-circuit-breaker-failure-threshold",
+        "consecutive failures (429, 503, 504, Anthropic 529, timeouts, connection errors) that open the "
+        "breaker (default 5)",
+        metavar="N",
+    ),
+    _Opt(
+        "circuit_breaker_interval",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_INTERVAL",
+        "--aibridge-circuit-breaker-interval",
+        "window in which the failures count while closed (default 10s; 0: never cleared)",
+        metavar="DURATION",
+    ),
+    _Opt(
+        "circuit_breaker_timeout",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT",
+        "--aibridge-circuit-breaker-timeout",
+        "how long an open breaker rejects requests before letting probes through (default 30s)",
+        metavar="DURATION",
+    ),
+    _Opt(
+        "circuit_breaker_max_requests",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS",
+        "--aibridge-circuit-breaker-max-requests",
+        "probe requests let through while half-open; as many successes close it (default 3)",
+        metavar="N",
+    ),
+    _Opt(
+        "otel",
+        "CODER_AIBRIDGE_OTEL",
+        "--aibridge-otel",
+        "export traces and metrics over OTLP/HTTP, set up by the standard OTEL_* variables (default: "
+        "on when OTEL_EXPORTER_OTLP_ENDPOINT or a per-signal endpoint is set)",
+        is_bool=True,
+    ),
+    _Opt(
+        "otel_propagate_upstream",
+        "CODER_AIBRIDGE_OTEL_PROPAGATE_UPSTREAM",
+        "--aibridge-otel-propagate-upstream",
+        "send the gateway's own traceparent to the provider (default false)",
+        is_bool=True,
+    ),
 )
 _OPT = {o.key: o for o in _OPTIONS}
 CONFIG_ENV = "CODER_AIBRIDGE_CONFIG"
@@ -514,6 +587,18 @@ def _parse_bool(value: Any, name: str) -> bool:
     if text in _FALSE:
         return False
     raise ConfigError(f"{name}: invalid boolean {str(value).strip()!r} (expected true or false)")
+
+
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                   "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+
+
+def _otel_by_environment(environ: Mapping[str, str]) -> bool:
+    """OTel's own switches decide when --aibridge-otel is unset: an OTLP endpoint turns it on,
+    OTEL_SDK_DISABLED=true keeps it off."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return any(environ.get(name, "").strip() for name in _OTLP_ENDPOINTS)
 
 
 def _split_list(value: Any) -> list[str]:
@@ -661,6 +746,15 @@ class _YamlSection(_YamlModel):
     proxy_allowed_private_cidrs: _ScalarOrList = None
     prometheus_enable: _Scalar = None
     prometheus_address: _Scalar = None
+    upstream_connect_timeout: _Scalar = None
+    upstream_idle_timeout: _Scalar = None
+    circuit_breaker_enabled: _Scalar = None
+    circuit_breaker_failure_threshold: _Scalar = None
+    circuit_breaker_interval: _Scalar = None
+    circuit_breaker_timeout: _Scalar = None
+    circuit_breaker_max_requests: _Scalar = None
+    otel: _Scalar = None
+    otel_propagate_upstream: _Scalar = None
     max_body_size: _Scalar = None
     max_header_count: _Scalar = None
     max_header_bytes: _Scalar = None
@@ -1024,6 +1118,11 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         proxy_allowed_private_cidrs=value("proxy_allowed_private_cidrs", _parse_cidrs, ()),
         prometheus_enable=value("prometheus_enable", _parse_bool, False),
         prometheus_address=prometheus_address,
+        upstream_connect_timeout=value("upstream_connect_timeout", _parse_seconds, DEFAULT_CONNECT_TIMEOUT),
+        upstream_idle_timeout=value("upstream_idle_timeout", _parse_seconds, DEFAULT_IDLE_TIMEOUT),
+        circuit_breaker=_circuit_breaker(value),
+        otel=value("otel", _parse_bool, _otel_by_environment(environ)),
+        otel_propagate_upstream=value("otel_propagate_upstream", _parse_bool, False),
         max_body_size=value("max_body_size", _parse_size, DEFAULT_MAX_BODY_SIZE),
         max_header_count=value("max_header_count", _parse_count, DEFAULT_MAX_HEADER_COUNT),
         max_header_bytes=value("max_header_bytes", _parse_size, DEFAULT_MAX_HEADER_BYTES),
@@ -1032,6 +1131,36 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         db_origin=db_value.origin if db_value else None,
         prices_file=prices_file,
         unknown_variables=unknown_variables(environ),
+    )
+
+
+def _parse_seconds(value: Any, name: str) -> float | None:
+    """A duration in seconds; 0 (None) means no limit."""
+    parsed = parse_duration(str(value), name, "disables it")
+    return None if parsed is None else parsed.total_seconds()
+
+
+def _circuit_breaker(value: Callable[[str, Callable[[Any, str], Any], Any], Any]) -> BreakerSettings | None:
+    """Coder's breaker settings (gobreaker's defaults), or None while it is disabled."""
+    if not value("circuit_breaker_enabled", _parse_bool, False):
+        return None
+    defaults = BreakerSettings()
+
+    def interval(v: Any, name: str) -> float:
+        parsed = parse_duration(str(v), name, "never clears the failures")
+        return 0.0 if parsed is None else parsed.total_seconds()
+
+    def timeout(v: Any, name: str) -> float:
+        parsed = parse_duration(str(v), name)
+        if parsed is None:
+            raise ConfigError(f"{name}: must be longer than 0 (how long an open breaker rejects requests)")
+        return parsed.total_seconds()
+
+    return BreakerSettings(
+        failure_threshold=value("circuit_breaker_failure_threshold", _parse_count, defaults.failure_threshold),
+        interval=value("circuit_breaker_interval", interval, defaults.interval),
+        timeout=value("circuit_breaker_timeout", timeout, defaults.timeout),
+        max_requests=value("circuit_breaker_max_requests", _parse_count, defaults.max_requests),
     )
 
 

@@ -1,12 +1,16 @@
 """Addon: the one recorder every interception goes through.
 
 It owns the DuckDB connection (one writing process) and the writer thread, and
-fans each record out to the other sinks (structured logs, metrics).
+fans each record out to the other sinks (structured logs, metrics). While the
+database fails, the writer spools batches next to it (`<db>.spool/`) and
+`failing()` says why (the gateway's `/readyz` answers 503 with it).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -16,8 +20,9 @@ from addons.config import Settings
 from addons.records import Record
 from addons.store import db
 from addons.store.prices import Pricer
+from addons.store.spool import Spool, spool_dir
 from addons.store.views import create_views
-from addons.store.writer import RecordWriter, recover_open_interceptions
+from addons.store.writer import RecordWriter
 
 log = logging.getLogger("aigw.recorder")
 
@@ -30,17 +35,60 @@ class Recorder:
         self.sinks: list[Callable[[Record], None]] = []
 
     def open(self) -> None:
-        """Open the database and start the writer; raises DatabaseLockedError early, before serving."""
-        self.conn = db.connect(self.settings.db)
-        create_views(self.conn)
-        recovered = recover_open_interceptions(self.conn, datetime.now(UTC))
-        if recovered:
-            log.warning("ended %d interception(s) left open by an earlier crash (status failed)", recovered)
-        pricer = Pricer()
+        """Open the database and start the writer; raises DatabaseLockedError early, before serving.
+
+        The writer first replays what an earlier run spooled, then ends the interceptions that run
+        left open (a crash), then writes new records."""
+        if threading.current_thread() is threading.main_thread():
+            # Under a file-size limit (ulimit -f) a write must fail with EFBIG, which the writer
+            # spools around, instead of SIGXFSZ killing the process.
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        self.conn = self.connect()
+        spool = Spool(spool_dir(self.settings.db))
+        spool.open()
+        if spool.records:
+            log.warning("%d record(s) spooled by an earlier run: replaying them", spool.records)
+        pricer = Pricer(self.settings.prices_file)
         self.writer = RecordWriter(self.conn, price=lambda usage: pricer.cost(
             usage.provider, usage.model, usage.input_tokens, usage.output_tokens,
-            usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata))
+            usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata),
+            spool=spool, reopen=self.reopen, recover_before=datetime.now(UTC))
         self.writer.start()
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        conn = db.connect(self.settings.db)
+        try:
+            create_views(conn)
+            from addons.analytics import snapshot_dir  # imported here: analytics imports this module
+
+            # The admin query endpoint runs SQL on this database: no file, network or extension access.
+            db.lock_down(conn, [snapshot_dir(self.settings)])
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def reopen(self) -> duckdb.DuckDBPyConnection:
+        """Close the connection (and every cursor of it) and open the database again (writer thread).
+
+        DuckDB refuses every statement after a fatal error until no connection holds the database."""
+        old = self.conn
+        if old is not None:
+            try:
+                old.close()
+            except Exception:
+                log.debug("closing the failed connection", exc_info=True)
+        self.conn = self.connect()
+        return self.conn
+
+    def failing(self) -> str | None:
+        """Why records are not reaching the database right now (None: they are)."""
+        if self.writer is None:
+            return "the recorder is not open"
+        reason = self.writer.failing
+        if reason is None:
+            return None
+        return f"database writes are failing ({reason}); {self.writer.spooled_records} record(s) spooled"
 
     def record(self, record: Record) -> None:
         assert self.writer is not None

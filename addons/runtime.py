@@ -65,6 +65,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def healthy(gateway: RunningGateway, timeout: float = 2.0) -> bool:
+    """Whether the gateway answers its unauthenticated `/healthz` with 200 (ready)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(gateway.url + "/healthz", timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
 class GatewayApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

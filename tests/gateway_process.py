@@ -27,8 +27,9 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CODER_", "AWS_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    # OTEL_* too: a developer's collector settings would switch OpenTelemetry export on in every test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "AWS_", "OTEL_"))
+           and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env["NO_PROXY"] = "*"
     env.update(extra)
     return env
@@ -82,7 +83,7 @@ class Gateway:
         self.workdir = workdir
         self.port = free_port()
         self.db = workdir / "data" / "aibridge.duckdb"
-        self.env = {**env, "CODER_AIBRIDGE_DB": str(self.db),
+        self.env = {**env, "CODER_AIBRIDGE_HOME": str(workdir), "CODER_AIBRIDGE_DB": str(self.db),
                     "CODER_AIBRIDGE_LISTEN": f"127.0.0.1:{self.port}"}
         self.extra_args = list(extra_args)
         self.log_path = workdir / "gateway.log"

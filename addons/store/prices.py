@@ -21,7 +21,8 @@ rate once `total_input` crosses the threshold, as genai-prices does. Reasoning
 / thinking tokens are already inside `output_tokens`; the metadata counters
 are informational and never charged again.
 
-Overrides (YAML, default `config/prices.yaml`) win over genai-prices; an
+Overrides (YAML, default the packaged `addons/prices.yaml`, which
+`config/prices.yaml` links to; `--aibridge-prices-file` picks another) win over genai-prices; an
 unknown model costs None, never 0, and shows up in `missing_prices`.
 """
 
@@ -42,6 +43,8 @@ import yaml
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 
+from addons.config import DEFAULT_PRICES_FILE
+
 __all__ = [
     "DEFAULT_OVERRIDES_PATH",
     "PriceOverride",
@@ -52,7 +55,7 @@ __all__ = [
     "reprice",
 ]
 
-DEFAULT_OVERRIDES_PATH = Path(__file__).resolve().parents[2] / "config" / "prices.yaml"
+DEFAULT_OVERRIDES_PATH = DEFAULT_PRICES_FILE
 
 _PER_MTOK = 1_000_000
 _CACHE_MAX = 4096  # resolved (provider, model, tier) entries kept
@@ -265,7 +268,7 @@ class Pricer:
         *,
         overrides: Sequence[PriceOverride] | None = None,
     ) -> None:
-        """`overrides_path` defaults to config/prices.yaml (skipped if that default is absent).
+        """`overrides_path` defaults to the packaged prices.yaml (skipped if that default is absent).
 
         Passing `overrides` (even an empty list) uses exactly those and reads no file;
         tests and tools that want pure genai-prices behaviour pass `overrides=[]`.

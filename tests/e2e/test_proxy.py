@@ -204,15 +204,16 @@ def test_ca_is_generated_private_and_bundled(gw: Gateway, tmp_path: Path) -> Non
         r = c.get("https://api.openai.com/v1/models", headers={"authorization": f"Bearer {key(gw)}"})
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "fake-model"
 
-    out = gw.cli("env", "--user-key", key(gw)).stdout
+    out = gw.cli("env", "--user-key", key(gw), "--bundle", str(bundle)).stdout
     assert f"export HTTPS_PROXY=http://aigw:{key(gw)}@127.0.0.1:{gw.port}" in out
     for var in ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
         assert f"export {var}=" in out
     assert str(gateway_ca(gw).resolve()) in out
+    assert f"export SSL_CERT_FILE={bundle.resolve()}" in out
 
 
 def test_ca_command_works_without_a_gateway(tmp_path: Path) -> None:
-    result = aigw(["ca"], clean_env(CODER_AIBRIDGE_DB=str(tmp_path / "db.duckdb")), tmp_path)
+    result = aigw(["ca", "--init"], clean_env(CODER_AIBRIDGE_HOME=str(tmp_path)), tmp_path / "..")
     cert = Path(result.stdout.strip())
     assert cert == (tmp_path / "certs" / "mitmproxy-ca-cert.pem").resolve() and cert.is_file()
     assert (tmp_path / "certs" / "mitmproxy-ca.pem").stat().st_mode & 0o777 == 0o600

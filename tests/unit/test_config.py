@@ -58,7 +58,7 @@ def test_defaults() -> None:
     assert s.retention == timedelta(days=60)
     assert s.structured_logging is False
     assert s.log_json is None and s.log_human is None
-    assert s.db == Path("data/aibridge.duckdb")
+    assert s.db == s.home.default_db == s.home.path / "data" / "aibridge.duckdb"  # tests/unit/test_home.py
     assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8888)
     assert s.allow_byok is True
     assert s.proxy_allowed_private_cidrs == ()
