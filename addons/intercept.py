@@ -3,8 +3,9 @@
 The stream tap runs synchronously inside mitmproxy's core for every chunk: it
 decodes SSE incrementally, feeds the provider's parser and hands the chunk on
 unchanged (or, for Chat Completions where the gateway asked for usage the
-client did not, without the extra usage chunk). Records are built at the end
-of the flow — in `response` or `error`, whichever fires — and go to the
+client did not, without the extra usage chunk). The interception's start and
+its prompt are recorded when the request is accepted; the rest is built at the
+end of the flow — in `response` or `error`, whichever fires. Records go to the
 recorder, which never blocks the loop.
 """
 
@@ -24,6 +25,7 @@ from mitmproxy import http
 
 from addons import clients, context
 from addons.context import FlowContext
+from addons.guard import allow_upstream
 from addons.providers.base import Api
 from addons.providers.registry import error_body
 from addons.records import (
@@ -36,7 +38,7 @@ from addons.records import (
     ToolUsageRecord,
 )
 from addons.routing import inject_credential, json_response
-from addons.upstream import Refusal, Upstream
+from addons.upstream import UPSTREAM_ERROR, Refusal, Upstream
 from addons.wire import anthropic, chat, responses
 from addons.wire.model import RequestInfo, ResponseSummary
 from addons.wire.sse import SSEDecoder, SSEEvent, lone_block
@@ -62,6 +64,7 @@ class Interception:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Merged into the token usage row's metadata (e.g. Bedrock's token-count headers).
     token_metadata: dict[str, Any] = field(default_factory=dict)
+    first_chunk_at: datetime | None = None  # stamped by the stream tap
 
 
 def _strip_usage_null(raw: bytes) -> bytes:
@@ -71,15 +74,19 @@ def _strip_usage_null(raw: bytes) -> bytes:
 class StreamTap:
     """The callable set as `flow.response.stream`. Never raises."""
 
-    __slots__ = ("decoder", "failed", "hide_usage", "parser")
+    __slots__ = ("decoder", "failed", "hide_usage", "parser", "timed")
 
-    def __init__(self, parser: Any, hide_usage: bool) -> None:
+    def __init__(self, parser: Any, hide_usage: bool, timed: Interception | None = None) -> None:
         self.decoder = SSEDecoder()
         self.parser = parser
         self.hide_usage = hide_usage
         self.failed = False
+        self.timed = timed  # gets the first chunk's arrival time, then is dropped
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if self.timed is not None and chunk:
+            self.timed.first_chunk_at = datetime.now(UTC)
+            self.timed = None
         if self.failed:
             return chunk
         try:
@@ -135,7 +142,7 @@ class DirectUpstream:
             return
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
             interception.parser = PARSERS[interception.api].StreamParser()
-            flow.response.stream = StreamTap(interception.parser, interception.hide_usage)
+            flow.response.stream = StreamTap(interception.parser, interception.hide_usage, interception)
         # Anything else (blocking JSON, errors) is small and parsed whole in `response`.
 
     def response(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
@@ -181,6 +188,8 @@ class Interceptor:
             if refusal is not None:
                 flow.response = json_response(refusal.status, error_body(  # in the shape of the route's API
                     ctx.provider.type, None, refusal.message, refusal.error_type), refusal.headers)
+            else:
+                allow_upstream(flow)  # the upstream the strategy chose (addons/guard.py: default deny)
             return
         api = ctx.route.api
         assert api is not None
@@ -199,6 +208,8 @@ class Interceptor:
         refusal = upstream.forward(flow, ctx, body)
         if refusal is not None:
             self.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type, refusal.headers)
+        else:
+            allow_upstream(flow)
 
     def parse_body(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
         raw = flow.request.raw_content or b""
@@ -243,7 +254,11 @@ class Interceptor:
             started_at=now,
             metadata=metadata,
             correlating_tool_call_id=info.correlating_tool_call_id,
+            traceparent=headers.get("traceparent"),
+            tracestate=headers.get("tracestate"),
         ))
+        if info.prompt:  # now, not at the end: a crash mid-response keeps it (the end adds the response id)
+            self.record(PromptRecord(interception.id, None, info.prompt, now))
         return interception
 
     def reject(self, flow: http.HTTPFlow, ctx: FlowContext, status: int, message: str, error_type: str,
@@ -267,7 +282,10 @@ class Interceptor:
         ctx = context.get(flow)
         if ctx is None or (ctx.interception is not None and ctx.interception.ended):
             return
-        self.upstream(ctx).response(flow, ctx)
+        # Set when the gateway ended the response itself (addons/timeouts.py), already in the client's shape.
+        upstream_error = ctx.extra.get(UPSTREAM_ERROR)
+        if upstream_error is None:
+            self.upstream(ctx).response(flow, ctx)
         if ctx.interception is None:
             return
         interception = ctx.interception
@@ -275,7 +293,9 @@ class Interceptor:
         summary = interception.summary = self.summarise(flow, ctx, interception)
         status_code = flow.response.status_code
         error = None
-        if status_code >= 400:
+        if isinstance(upstream_error, str):
+            error = upstream_error
+        elif status_code >= 400:
             error = f"upstream answered HTTP {status_code}"
             upstream_message = _error_message(flow.response.content if not flow.response.stream else None)
             if upstream_message:
@@ -288,15 +308,27 @@ class Interceptor:
             error = "response could not be parsed"
         self.finish(flow, ctx, interception, "failed" if error else "completed", error)
 
+    def fail(self, flow: http.HTTPFlow, message: str) -> None:
+        """End the flow's interception as failed, if one was started and is still open (addons/guard.py)."""
+        ctx = context.get(flow)
+        if ctx is not None and ctx.interception is not None and not ctx.interception.ended:
+            self.finish(flow, ctx, ctx.interception, "failed", message)
+
     def error(self, flow: http.HTTPFlow) -> None:
         ctx = context.get(flow)
+        if ctx is not None and ctx.interception is None and ctx.route.intercepted:
+            # The request body never arrived whole (too large, client gone): still one interception row.
+            self.start(flow, ctx, RequestInfo(), None)
         if ctx is None or ctx.interception is None or ctx.interception.ended:
             return
         interception = ctx.interception
         if interception.parser is not None:
             interception.summary = interception.parser.summary()
+        upstream_error = ctx.extra.get(UPSTREAM_ERROR)
         message = flow.error.msg if flow.error else "unknown error"
-        cancelled = "client disconnected" in message.lower()
+        if isinstance(upstream_error, str):
+            message = upstream_error
+        cancelled = upstream_error is None and "client disconnected" in message.lower()
         self.finish(flow, ctx, interception, "cancelled" if cancelled else "failed", message)
 
     def summarise(self, flow: http.HTTPFlow, ctx: FlowContext,
@@ -335,18 +367,17 @@ class Interceptor:
                 metadata["upstream_model"] = summary.model
         metadata.update(interception.metadata)
         flow.metadata["aigw_status"] = status
-        self.record(InterceptionEnd(id=interception.id, ended_at=now, status=status, metadata=metadata))
+        self.record(InterceptionEnd(id=interception.id, ended_at=now, status=status, metadata=metadata,
+                                    first_chunk_at=interception.first_chunk_at))
 
 
 def records_for(ctx: FlowContext, interception: Interception, summary: ResponseSummary | None,
                 now: datetime) -> list[Record]:
+    if summary is None:
+        return []
     out: list[Record] = []
     iid = interception.id
-    response_id = summary.response_id if summary else None
-    if interception.info.prompt:
-        out.append(PromptRecord(iid, response_id, interception.info.prompt, now))
-    if summary is None:
-        return out
+    response_id = summary.response_id
     usage = summary.usage
     if usage is not None:
         out.append(TokenUsageRecord(

@@ -66,6 +66,13 @@ DURATION = Histogram(
     PREFIX + "interceptions_duration_seconds", "Time from the request to the end of the response.",
     ["provider", "model"], registry=REGISTRY,
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120))
+TIME_TO_FIRST_TOKEN = Histogram(
+    PREFIX + "time_to_first_token_seconds", "Time from the request to the first response chunk of a stream.",
+    ["provider", "model"], registry=REGISTRY,
+    buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92))
+COST = Counter(
+    PREFIX + "cost_usd_total", "Estimated cost of the recorded token usage, in US dollars (as in the database).",
+    ["provider", "model", "initiator_id", "client"], registry=REGISTRY)
 PASSTHROUGH = Counter(
     PREFIX + "passthrough_total", "Authenticated requests relayed without recording (models, count_tokens, …).",
     ["provider", "route", "method"], registry=REGISTRY)
@@ -88,6 +95,16 @@ PROXY_CONNECTS = Counter(
 PROXY_AUTH_FAILURES = Counter(
     PREFIX + "proxy_auth_failures_total", "Proxy requests refused with 407.", registry=REGISTRY)
 
+CIRCUIT_BREAKER_STATE = Gauge(
+    PREFIX + "circuit_breaker_state", "Circuit breaker state: 0 closed, 0.5 half-open, 1 open.",
+    ["provider", "endpoint", "model"], registry=REGISTRY)
+CIRCUIT_BREAKER_TRIPS = Counter(
+    PREFIX + "circuit_breaker_trips_total", "Times a circuit breaker opened.",
+    ["provider", "endpoint", "model"], registry=REGISTRY)
+CIRCUIT_BREAKER_REJECTS = Counter(
+    PREFIX + "circuit_breaker_rejects_total", "Requests refused by an open (or busy half-open) circuit breaker.",
+    ["provider", "endpoint", "model"], registry=REGISTRY)
+
 RECORDER_QUEUE = Gauge(
     PREFIX + "recorder_queue_depth", "Records waiting for the database writer.", registry=REGISTRY)
 RECORDER_WRITE = Histogram(
@@ -95,6 +112,16 @@ RECORDER_WRITE = Histogram(
     registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 RECORDER_ROWS = Counter(
     PREFIX + "recorder_records_written_total", "Records committed to the database.", registry=REGISTRY)
+RECORDER_SPOOLED = Gauge(
+    PREFIX + "recorder_spooled_records", "Records waiting in the on-disk spool while the database fails.",
+    registry=REGISTRY)
+RECORDER_WRITE_FAILURES = Counter(
+    PREFIX + "recorder_write_failures_total", "Database writes that failed (the records went to the spool).",
+    registry=REGISTRY)
+RECORDER_DROPPED = Counter(
+    PREFIX + "recorder_dropped_records_total",
+    "Records lost: the spool could not be written, or the database refused the record (logged at ERROR).",
+    registry=REGISTRY)
 RETENTION_PURGED = Counter(
     PREFIX + "retention_purged_interceptions_total", "Interceptions deleted by retention.", registry=REGISTRY)
 
@@ -160,8 +187,10 @@ class Metrics:
 
     MAX_OPEN = 100_000
 
-    def __init__(self, queue_depth: Callable[[], int] | None = None) -> None:
+    def __init__(self, queue_depth: Callable[[], int] | None = None,
+                 price: Callable[[TokenUsageRecord], float | None] | None = None) -> None:
         self.open: dict[str, _Open] = {}
+        self.price = price
         self.extra_types: set[str] = set()
         # (metric, label values) -> child: `labels()` validates and locks on every call, and the
         # set of label values is bounded the same way the metric's own children are.
@@ -207,6 +236,9 @@ class Metrics:
         self.child(INFLIGHT, o.provider, o.model, o.route).dec()
         self.child(INTERCEPTIONS, o.provider, o.model, r.status, o.route, o.method, o.initiator, o.client).inc()
         self.child(DURATION, o.provider, o.model).observe(max(0.0, (r.ended_at - o.started_at).total_seconds()))
+        if r.first_chunk_at is not None:
+            self.child(TIME_TO_FIRST_TOKEN, o.provider, o.model).observe(
+                max(0.0, (r.first_chunk_at - o.started_at).total_seconds()))
 
     def tokens(self, r: TokenUsageRecord) -> None:
         o = self.open.get(r.interception_id)
@@ -224,6 +256,8 @@ class Metrics:
         for token_type, value in values.items():
             if value > 0:
                 self.child(TOKENS, o.provider, model, token_type, o.initiator, o.client).inc(value)
+        if self.price is not None and (usd := self.price(r)):
+            self.child(COST, o.provider, model, o.initiator, o.client).inc(usd)
 
     def _extra_type(self, key: str) -> bool:
         # Metadata keys come from provider responses: cap how many label values they can create.
@@ -267,7 +301,11 @@ class Metrics:
 
 
 def chain_on_batch(writer: Any) -> None:
-    """Add Metrics.on_batch to the writer's batch hook, keeping any hook already set."""
+    """Add Metrics.on_batch to the writer's batch hook, keeping any hook already set; count its
+    failures, drops and spooled records."""
+    writer.on_write_failure = RECORDER_WRITE_FAILURES.inc
+    writer.on_dropped = RECORDER_DROPPED.inc
+    RECORDER_SPOOLED.set_function(lambda: writer.spooled_records)
     previous = writer.on_batch
     if previous is None:
         writer.on_batch = Metrics.on_batch

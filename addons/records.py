@@ -26,6 +26,9 @@ class InterceptionStart:
     started_at: datetime
     metadata: dict[str, Any] = field(default_factory=dict)
     correlating_tool_call_id: str | None = None
+    # The client's W3C trace context headers, for OpenTelemetry export (not stored).
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(slots=True)
@@ -34,6 +37,8 @@ class InterceptionEnd:
     ended_at: datetime
     status: str  # completed | failed | cancelled
     metadata: dict[str, Any] = field(default_factory=dict)  # merged into the start's metadata
+    # When the first response chunk of a stream arrived (time to first token; not stored).
+    first_chunk_at: datetime | None = None
 
 
 @dataclass(slots=True)
