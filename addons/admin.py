@@ -9,8 +9,9 @@ database (readable only by its owner) for the CLI on the same machine.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,9 +32,6 @@ from addons.store.query import QueryError, run_query
 from addons.store.snapshot import write_snapshot
 
 log = logging.getLogger("aigw.admin")
-
-KEY_PATH = re.compile(r"/(?P<id>[A-Za-z0-9_]+)")
-
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, error_type: str) -> None:
@@ -75,15 +73,20 @@ class AdminApi:
                 raise ApiError(404, f"no route for {flow.request.method} {name}{rest}", "not_found_error")
             identity = self.authenticate(flow)
             status, body = await handler(flow, identity, rest)
+            content = orjson.dumps(body)
         except ApiError as e:
-            status, body = e.status, orjson.loads(any_error(str(e), e.error_type))
+            status, content = e.status, any_error(str(e), e.error_type)
         except Exception:
             log.exception("admin API failed")
-            status, body = 500, orjson.loads(any_error("internal error", "api_error"))
-        flow.response = json_response(status, orjson.dumps(body))
+            status, content = 500, any_error("internal error", "api_error")
+        flow.response = json_response(status, content)
 
     def authenticate(self, flow: http.HTTPFlow) -> Identity:
-        identity = self.keys.authenticate(presented_credential(flow.request.headers), datetime.now(UTC))
+        token = presented_credential(flow.request.headers)
+        # The local admin token is for the CLI on this machine; a remote peer must use an admin key.
+        if token and _is_admin_token(token, self.keys.admin_token) and not from_loopback(flow):
+            raise ApiError(401, "the local admin token is accepted only from this machine", "authentication_error")
+        identity = self.keys.authenticate(token, datetime.now(UTC))
         if identity is None:
             raise ApiError(401, "missing or invalid gateway key", "authentication_error")
         return identity
@@ -124,14 +127,18 @@ class AdminApi:
                 raise ApiError(400, str(e), "invalid_request_error") from None
             await self.reload_keys()
             return 201, {**key_json(info), "key": secret}
-        match = KEY_PATH.fullmatch(rest)
-        if match and method == "DELETE":
-            revoked = await self.on_writer(lambda conn: keystore.revoke_key(conn, match["id"]))
+        if rest.startswith("/") and method == "DELETE":
+            try:
+                key_id = keystore.key_id_from(rest[1:])
+            except ValueError as e:
+                raise ApiError(400, str(e), "invalid_request_error") from None
+            revoked = await self.on_writer(lambda conn: keystore.revoke_key(conn, key_id))
             if not revoked:
-                raise ApiError(404, f"no active key {match['id']!r}", "not_found_error")
+                raise ApiError(404, f"no active key {key_id!r}", "not_found_error")
             await self.reload_keys()
-            return 200, {"id": match["id"], "revoked": True}
-        raise ApiError(404, f"no route for {method} keys{rest}", "not_found_error")
+            return 200, {"id": key_id, "revoked": True}
+        # The path may hold a key: never echo it.
+        raise ApiError(404, f"no route for {method} keys/…", "not_found_error")
 
     async def read(self, fn: Any) -> Any:
         """Run a read on its own cursor, off the event loop."""
@@ -223,6 +230,24 @@ class AdminApi:
         except QueryError as e:
             raise ApiError(400, str(e), "invalid_request_error") from None
         return 200, {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+
+
+def _is_admin_token(token: str, admin_token: str) -> bool:
+    return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), admin_token.encode())
+
+
+def from_loopback(flow: http.HTTPFlow) -> bool:
+    """Whether the client connected from this machine (127.0.0.0/8, ::1, or IPv4-mapped 127.x)."""
+    peer = flow.client_conn.peername
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,8 +62,10 @@ def _locked_error(path: Path, exc: duckdb.Error) -> DatabaseLockedError | None:
 
 
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    # A read-only connection only ever reads this file: no SQL on it may touch others (see lock_down).
+    config = {"enable_external_access": False, "lock_configuration": True} if read_only else {}
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as exc:
         locked = _locked_error(path, exc)
         if locked is not None:
@@ -106,6 +109,21 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     except OSError as exc:  # not fatal: e.g. a file owned by someone else
         log.warning("could not restrict permissions of %s: %s", path, exc)
     return conn
+
+
+def lock_down(conn: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[Path] = ()) -> None:
+    """From now on, no SQL on this database reads or writes other files, the network or extensions.
+
+    DuckDB scopes these settings to the database instance, not the connection (`SET SESSION
+    enable_external_access` is refused), so they cover every cursor: the admin query endpoint's and
+    the writer's alike. Still reachable: the database file, its WAL and temp directory, and
+    `allowed_dirs` (the gateway's snapshots). The configuration is locked so that no statement
+    can undo this; anything that needs a setting or an ATTACH must run before.
+    """
+    dirs = [str(Path(d).resolve()) + os.sep for d in allowed_dirs]
+    conn.execute("SET allowed_directories = ?", [dirs])
+    conn.execute("SET enable_external_access = false")
+    conn.execute("SET lock_configuration = true")
 
 
 def _migrate(conn: duckdb.DuckDBPyConnection) -> None:

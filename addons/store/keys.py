@@ -23,6 +23,7 @@ import orjson
 
 KEY_PREFIX = "aigw_"
 _KEY_RE = re.compile(r"^(aigw_[0-9a-f]{8})_([A-Za-z0-9_-]{40})$")
+_ID_RE = re.compile(r"^aigw_[0-9a-f]{8}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -66,6 +67,18 @@ def key_id_of(full_key: str) -> str | None:
     """The key's public id if `full_key` has the gateway-key format, else None."""
     m = _KEY_RE.match(full_key)
     return m.group(1) if m else None
+
+
+def key_id_from(text: str) -> str:
+    """The key id named by `text`, a key id or a whole key; ValueError (never echoing `text`) otherwise."""
+    text = text.strip()
+    if _ID_RE.match(text):
+        return text
+    key_id = key_id_of(text)
+    if key_id is None:
+        # `text` may be a secret pasted by mistake: say what was expected, not what was given.
+        raise ValueError("expected a key id (aigw_ and 8 hex digits) or a whole gateway key")
+    return key_id
 
 
 def validate_user_name(user: str) -> str:

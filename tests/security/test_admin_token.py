@@ -1,0 +1,101 @@
+"""The local admin token works only from this machine; admin and user keys work from anywhere.
+
+Tests bind only to loopback, so the remote peers are in-process flows (mitmproxy's `tflow` with
+the client's address set) through the real AdminApi on a real database; the gateway subprocess
+proves that the CLI's loopback path keeps working, from 127.0.0.1 and from another loopback address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from addons.admin import AdminApi, from_loopback
+from addons.auth import KeyCache
+from addons.config import Settings
+from addons.recorder import Recorder
+from addons.store import keys as keystore
+from tests.gateway_process import Gateway
+
+REMOTE = ["203.0.113.7", "10.0.0.2", "192.168.1.20", "::ffff:10.0.0.2", "2001:db8::1", "fe80::1%eth0",
+          "0.0.0.0", "::"]
+LOCAL = ["127.0.0.1", "127.0.0.2", "127.255.255.254", "::1", "::ffff:127.0.0.1"]
+
+
+class Admin:
+    """A real AdminApi over a real database, called with flows from any client address."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.recorder = Recorder(Settings(db=tmp_path / "data" / "aibridge.duckdb"))
+        self.recorder.open()
+        assert self.recorder.writer is not None
+        _, self.admin_key = self.recorder.writer.call(lambda c: keystore.create_key(c, "root", admin=True))
+        _, self.user_key = self.recorder.writer.call(lambda c: keystore.create_key(c, "alice"))
+        self.keys = KeyCache(self.recorder.writer.call(keystore.load_keys))
+        self.api = AdminApi(self.recorder.settings, self.recorder, self.keys)
+
+    def call(self, peer: str | None, token: str, path: str = "/api/v2/aibridge/keys") -> http.Response:
+        flow = tflow.tflow()
+        flow.client_conn.peername = (peer, 50000) if peer is not None else None  # type: ignore[assignment]
+        flow.request.method, flow.request.path = "GET", path  # origin form, as the CLI sends it
+        flow.request.headers["authorization"] = f"Bearer {token}"
+        asyncio.run(self.api.request(flow))
+        assert flow.response is not None
+        return flow.response
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> Iterator[Admin]:
+    a = Admin(tmp_path)
+    yield a
+    a.recorder.done()
+
+
+@pytest.mark.parametrize("peer", [*REMOTE, None])
+def test_the_admin_token_is_refused_from_other_machines(admin: Admin, peer: str | None) -> None:
+    response = admin.call(peer, admin.keys.admin_token)
+    assert response.status_code == 401
+    error = orjson.loads(response.content)["error"]
+    assert error["type"] == "authentication_error" and "only from this machine" in error["message"]
+    assert admin.keys.admin_token not in response.text
+
+
+@pytest.mark.parametrize("peer", LOCAL)
+def test_the_admin_token_works_from_loopback(admin: Admin, peer: str) -> None:
+    response = admin.call(peer, admin.keys.admin_token)
+    assert response.status_code == 200, response.text
+    assert {k["user"] for k in orjson.loads(response.content)} == {"root", "alice"}
+
+
+@pytest.mark.parametrize("peer", REMOTE[:5])
+def test_admin_and_user_keys_work_remotely(admin: Admin, peer: str) -> None:
+    assert admin.call(peer, admin.admin_key).status_code == 200
+    response = admin.call(peer, admin.user_key, "/api/v2/aibridge/sessions")
+    assert response.status_code == 200, response.text
+    # A user key stays a user key from anywhere.
+    assert admin.call(peer, admin.user_key).status_code == 403
+
+
+def test_from_loopback_reads_the_peer_address() -> None:
+    flow = tflow.tflow()
+    for peer, expected in [*((p, False) for p in REMOTE), *((p, True) for p in LOCAL), ("not-an-ip", False)]:
+        flow.client_conn.peername = (peer, 1)
+        assert from_loopback(flow) is expected, peer
+
+
+@pytest.mark.e2e
+def test_the_cli_keeps_working_over_loopback(gateway: Gateway) -> None:
+    assert gateway.cli("keys", "list", "--json").returncode == 0
+    token = gateway.admin_token()
+    for source in ("127.0.0.1", "127.0.0.2"):  # any loopback source address
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(transport=transport, trust_env=False) as client:
+            response = client.get(gateway.url + "/api/v2/aibridge/keys", headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
