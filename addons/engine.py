@@ -1,5 +1,8 @@
 """The mitmproxy engine under aigw: hooks dispatched from a table, and only the built-in addons in use.
 
+Every hook call of every addon runs under one guard: when one raises on a flow, `Guard.fail`
+(addons/guard.py) answers the flow itself instead of letting mitmproxy forward it.
+
 mitmproxy's AddonManager walks the whole addon chain for every event: per top-level addon a
 context manager, a recursive generator and a `getattr`, whether or not the addon implements the
 hook. With mitmproxy's ~35 built-ins plus aigw's own that was most of the CPU per request in
@@ -82,17 +85,18 @@ class HookTable(addonmanager.AddonManager):
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         args = event.args()
-        await self._run(self._plan(event), args)
+        await self._run(self._plan(event), args, event.name)
         if isinstance(args[0], flow.Flow):
             update = hooks.UpdateHook([args[0]])
             if plan := self._plan(update):
-                await self._run(plan, update.args())
+                await self._run(plan, update.args(), update.name)
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        await self._run(self._plan(event), event.args())
+        await self._run(self._plan(event), event.args(), event.name)
 
-    async def _run(self, plan: Plan, args: list[Any]) -> None:
+    async def _run(self, plan: Plan, args: list[Any], name: str) -> None:
         for funcs in plan:
+            func = None
             try:
                 for func in funcs:
                     res = func(*args)
@@ -102,8 +106,8 @@ class HookTable(addonmanager.AddonManager):
                 return
             except exceptions.OptionsError:
                 raise
-            except Exception:
-                _log_addon_error("_run")
+            except Exception as e:
+                self._failed(name, args, func, e, "_run")
 
     def trigger(self, event: hooks.Hook) -> None:
         plan = self._plan(event)
@@ -111,6 +115,7 @@ class HookTable(addonmanager.AddonManager):
             return
         args = event.args()
         for funcs in plan:
+            func = None
             try:
                 for func in funcs:
                     if inspect.iscoroutinefunction(func):
@@ -122,8 +127,23 @@ class HookTable(addonmanager.AddonManager):
                 return
             except exceptions.OptionsError:
                 raise
-            except Exception:
-                _log_addon_error("trigger")
+            except Exception as e:
+                self._failed(event.name, args, func, e, "trigger")
+
+    def _failed(self, name: str, args: list[Any], func: Any, exc: Exception, frame: str) -> None:
+        """An addon raised: the guard (addons/guard.py) makes sure its flow goes nowhere, else just log."""
+        guard = self.lookup.get("aigw_guard")
+        if guard is None or not args:
+            _log_addon_error(frame)
+            return
+        addon = type(getattr(func, "__self__", func)).__name__
+        try:
+            guard.fail(args[0], name, addon, exc)
+        except Exception:
+            _log_addon_error(frame)
+            subject = args[0]
+            if isinstance(subject, flow.Flow) and subject.killable:
+                subject.kill()  # the guard itself failed: at least never forward
 
     def _configure_all(self, updated: set[str]) -> None:
         self._plans.clear()

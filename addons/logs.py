@@ -86,7 +86,8 @@ class _ScrubbingFormatter(logging.Formatter):
         self.secrets = tuple(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.render(record)
+        # Credentials in a URL's query (`?key=…`) never reach a log, whoever logged the URL.
+        line = redaction.redact_urls_in_text(self.render(record))
         return redaction.scrub(line, self.secrets) if self.secrets else line
 
     def render(self, record: logging.LogRecord) -> str:

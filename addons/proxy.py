@@ -41,6 +41,7 @@ from addons import context, metrics
 from addons.auth import Identity, KeyCache, presented_credential
 from addons.bedrock import client_aws_credential, native_instance
 from addons.config import Instance, Settings
+from addons.guard import allow_upstream
 from addons.providers.base import Api, any_error
 from addons.providers.registry import BEDROCK, PROVIDERS, error_body
 from addons.proxy_policy import (
@@ -58,6 +59,7 @@ from addons.proxy_policy import (
     parse_ports,
     proxy_password,
 )
+from addons.redaction import without_query_credentials
 from addons.routing import BYOK_HEADER, Credential, admit, classify_route, json_response
 
 log = logging.getLogger("aigw.proxy")
@@ -289,6 +291,7 @@ class ProxyAuth:
             return
         decrypted = self.state.host_map.decrypts(host) or self.state.host_map.is_native_bedrock(host)
         self.state.tunnels[flow.client_conn] = Tunnel(host, auth.secret, decrypted)
+        allow_upstream(flow)  # authenticated, port and address checked (addons/guard.py: default deny)
         context.mark_tunnel(flow.client_conn)
         flow.metadata["aigw_user"] = auth.identity.user_name
         flow.metadata["aigw_tunnel"] = "decrypted" if decrypted else "tunnelled"
@@ -429,9 +432,9 @@ class ProxyRouter:
             presented == secret or self.keys.authenticate(presented, datetime.now(UTC)) is not None)
 
     def relay(self, flow: http.HTTPFlow, url: str | None = None, secret: str | None = None) -> None:
-        """Forward as it came (optionally to `url`), streamed both ways, never recorded."""
+        """Forward as it came (optionally to `url`, an AI host's origin), streamed both ways, never recorded."""
         if url is not None:
-            flow.request.url = url
+            flow.request.url = without_query_credentials(url)
         headers = flow.request.headers
         headers.pop(BYOK_HEADER, None)
         if secret is not None and self.is_gateway_key(presented_credential(headers), secret):
@@ -440,6 +443,7 @@ class ProxyRouter:
             headers.pop("x-api-key", None)
         flow.request.stream = True
         self.state.relays.add(flow)
+        allow_upstream(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow in self.state.relays and flow.response is not None:

@@ -108,6 +108,28 @@ def redact_url(url: str) -> str:
     return base + (sep + redact_query(rest) if sep else "") + fragment
 
 
+def without_query_credentials(target: str) -> str:
+    """A URL or `path?query` with the credential query parameters removed (see strip_credential_query)."""
+    base, sep, rest = target.partition("?")
+    if not sep:
+        return target
+    query, hsep, fragment = rest.partition("#")
+    query = strip_credential_query(query)
+    return base + ("?" + query if query else "") + hsep + fragment
+
+
+# A URL or path with a query inside free text (log lines, error messages); quotes and
+# backslashes end it so JSON-escaped text stays valid.
+_URL_IN_TEXT = re.compile(r"[^\s\"'<>\\]*\?[^\s\"'<>\\]+")
+
+
+def redact_urls_in_text(text: str) -> str:
+    """Apply redact_url to every URL-with-query in `text`."""
+    if "?" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
 def credential_values(fields: Iterable[tuple[str, str]]) -> set[str]:
     """The secret values a set of headers carries (the credential with and without its scheme)."""
     out: set[str] = set()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
+from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http
 
 from addons import context
@@ -23,6 +24,7 @@ from addons.context import FlowContext
 from addons.keypool import pool_for
 from addons.providers.base import Api, Provider, Route, any_error
 from addons.providers.registry import PROVIDERS, error_body
+from addons.redaction import without_query_credentials
 
 log = logging.getLogger("aigw.routing")
 
@@ -68,6 +70,14 @@ class Router:
         if path == "/healthz" or path.startswith("/healthz?"):
             status = 200 if self.ready else 503
             flow.response = json_response(status, orjson.dumps({"ok": self.ready}))
+            return
+        if path == "/readyz" or path.startswith("/readyz?"):
+            # Not ready while records cannot reach the database (addons/recorder.py), so a load
+            # balancer can drain this replica; /healthz stays 200 because the process still serves.
+            recorder = mitm_ctx.master.addons.get("recorder")
+            reason = "starting" if not self.ready else recorder.failing() if recorder is not None else None
+            flow.response = json_response(503 if reason else 200, orjson.dumps(
+                {"ready": False, "reason": reason} if reason else {"ready": True}))
             return
         parts = split_gateway_path(path)
         if parts is None:
@@ -150,6 +160,12 @@ def admit(flow: http.HTTPFlow, settings: Settings, instance: Instance, provider:
     if error is not None:
         flow.response = error
         return None
+    if query:
+        # Credentials are never accepted in the query string, and never sent on (README "Security").
+        stripped = without_query_credentials(query)
+        if stripped != query:
+            flow.request.path = flow.request.path.partition("?")[0] + stripped
+            query = stripped
     ctx = FlowContext(
         instance=instance, provider=provider, route=route, api_path=api_path, query=query,
         identity=identity, byok=credential.byok, received_at=datetime.now(UTC),
