@@ -5,6 +5,12 @@ a queue. The writer thread collects records for up to `flush_interval`
 seconds (or `max_batch` records) and writes the whole batch in one
 transaction.
 
+When the database fails (disk full, I/O error, invalidated), batches go to the
+spool (addons/store/spool.py) instead, in order; the writer retries with
+backoff, reopens the database if DuckDB invalidated it, and replays the spool
+oldest first before it writes anything new. A record the database refuses
+(a bug) is dropped alone, with an ERROR log and the dropped-records count.
+
 Bulk appends: binding a Python list as a query parameter costs ~0.2 ms per
 element in DuckDB's Python client and `executemany` ~0.5 ms per row, so each
 table's rows are sent as ONE JSON text (an array of columns, encoded by
@@ -24,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
@@ -40,6 +46,8 @@ from addons.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.store import spool as spooling
+from addons.store.spool import Spool, json_default
 
 log = logging.getLogger("aigw.store")
 
@@ -49,19 +57,25 @@ _JSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
 
 THREAD_MAP_SIZE = 50_000  # entries per map; a miss costs one database lookup on the writer thread
 _RETRY_GROUP = 128
+_RETRY_FIRST = 0.5  # seconds before the first retry of a failing database; doubles up to retry_max
+_RETRY_MAX = 10.0
 _MISSING = object()
+# What a record can make the database (or the planning) refuse; anything else is the database failing.
+_DATA_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
+                duckdb.TypeMismatchException, TypeError, ValueError, AttributeError, KeyError)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, set | frozenset):
-        return list(obj)
-    if isinstance(obj, bytes | bytearray):
-        return obj.decode("utf-8", "replace")
-    return str(obj)
+def _is_data_error(exc: BaseException) -> bool:
+    return isinstance(exc, _DATA_ERRORS) and "invalidated" not in str(exc)
+
+
+def _needs_reopen(exc: BaseException) -> bool:
+    """DuckDB refuses every statement after a fatal error until the database is opened again."""
+    return isinstance(exc, duckdb.FatalException | duckdb.ConnectionException) or "invalidated" in str(exc)
 
 
 def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj, default=_json_default, option=_JSON_OPTS).decode()
+    return orjson.dumps(obj, default=json_default, option=_JSON_OPTS).decode()
 
 
 def _ts(dt: datetime) -> str:
@@ -149,6 +163,14 @@ _SQL_ENDS = (
     "metadata = json_merge_patch(coalesce(i.metadata, '{}'::JSON), e.metadata) "
     f"FROM ({_unnest_select(_END_COLS, aliases=True)}) AS e WHERE i.id = e.id"
 )
+# Prompts are recorded when the request is accepted, before the response id is known: the end fills it in.
+_PROMPT_ID_COLS = (("id", "UUID"), ("response_id", "VARCHAR"))
+_SQL_PROMPT_IDS = (
+    "UPDATE aibridge_user_prompts AS p SET provider_response_id = e.response_id "
+    f"FROM ({_unnest_select(_PROMPT_ID_COLS, aliases=True)}) AS e "
+    # The time bound lets DuckDB skip every older row group (appends are in time order).
+    "WHERE p.interception_id = e.id AND p.provider_response_id IS NULL AND p.created_at >= ?::TIMESTAMPTZ"
+)
 _SQL_FIND_CALLS = (
     "SELECT t.provider_tool_call_id, t.interception_id::VARCHAR, i.id IS NOT NULL, "
     "i.thread_root_id::VARCHAR "
@@ -164,12 +186,15 @@ _SQL_FIND_ROOTS = (
 RECOVERED_ERROR = "gateway stopped before the interception ended"
 
 
-def recover_open_interceptions(conn: duckdb.DuckDBPyConnection, now: datetime) -> int:
-    """End interceptions a crash left open (status 'failed'); returns how many."""
+def recover_open_interceptions(conn: duckdb.DuckDBPyConnection, now: datetime,
+                               before: datetime | None = None) -> int:
+    """End interceptions a crash left open (status 'failed'), those started before `before` if given;
+    returns how many."""
     row = conn.execute(
         "UPDATE aibridge_interceptions SET ended_at = ?::TIMESTAMPTZ, status = 'failed', "
-        "metadata = json_merge_patch(coalesce(metadata, '{}'::JSON), ?::JSON) WHERE ended_at IS NULL",
-        [_ts(now), _dumps({"error": RECOVERED_ERROR})],
+        "metadata = json_merge_patch(coalesce(metadata, '{}'::JSON), ?::JSON) WHERE ended_at IS NULL "
+        "AND started_at < ?::TIMESTAMPTZ",
+        [_ts(now), _dumps({"error": RECOVERED_ERROR}), _ts(before or now)],
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -262,12 +287,14 @@ class _Stop(_Control):
 
 
 class _Plan:
-    __slots__ = ("ends", "interceptions", "prompts", "thoughts", "tokens", "tools")
+    __slots__ = ("ends", "interceptions", "prompt_ids", "prompts", "prompts_done", "thoughts", "tokens", "tools")
 
     def __init__(self) -> None:
         self.interceptions: list[list[Any]] = []
         self.tokens: list[tuple[Any, ...]] = []
-        self.prompts: list[tuple[Any, ...]] = []
+        self.prompts: list[list[Any]] = []
+        self.prompt_ids: list[tuple[str, str, str]] = []  # (interception, response id, prompt created_at)
+        self.prompts_done: list[str] = []  # interceptions whose waiting prompt this plan settles
         self.tools: list[tuple[Any, ...]] = []
         self.thoughts: list[tuple[Any, ...]] = []
         self.ends: dict[str, list[Any]] = {}
@@ -284,7 +311,15 @@ class RecordWriter:
         max_batch: int = 5000,
         price: Callable[[TokenUsageRecord], float | None] | None = None,
         thread_map_size: int = THREAD_MAP_SIZE,
+        spool: Spool | None = None,
+        reopen: Callable[[], duckdb.DuckDBPyConnection] | None = None,
+        recover_before: datetime | None = None,
+        retry_max: float = _RETRY_MAX,
     ) -> None:
+        """`spool`: where batches wait while the database fails (without one they are dropped, logged).
+        `reopen`: closes the connection and opens the database again (after DuckDB invalidated it).
+        `recover_before`: once the spool is replayed, end what was left open by a run that started
+        before this time (a crash)."""
         self._conn = conn
         self._interval = flush_interval
         self._max_batch = max(1, max_batch)
@@ -302,10 +337,25 @@ class RecordWriter:
         self._roots = _Bounded(thread_map_size)
         # the same for interceptions started and not yet ended, until they record a tool call
         self._open_roots = _Bounded(thread_map_size)
+        # interception id -> created_at of its prompt, written before the response id was known
+        self._open_prompts = _Bounded(thread_map_size)
+        self._spool = spool
+        self._reopen = reopen
+        self._recover_before = recover_before
+        self._retry_max = retry_max
+        self._failing: str | None = None
+        self._reopen_needed = False
+        self._retry_at = 0.0
+        self._retry_wait = 0.0
+        self._markers_ready = False
+        self._write_failures = 0
+        self._dropped = 0
         self._rows_written = 0
         self._batches = 0
         self._last_flush_seconds = 0.0
         self.on_batch: Callable[[int, float], None] | None = None
+        self.on_write_failure: Callable[[], None] | None = None
+        self.on_dropped: Callable[[int], None] | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -386,6 +436,25 @@ class RecordWriter:
     def batches(self) -> int:
         return self._batches
 
+    @property
+    def failing(self) -> str | None:
+        """Why the last database write failed, while it keeps failing; None when writes work."""
+        return self._failing
+
+    @property
+    def spooled_records(self) -> int:
+        return self._spool.records if self._spool is not None else 0
+
+    @property
+    def write_failures(self) -> int:
+        """Database writes (batches, replays, reopens) that failed."""
+        return self._write_failures
+
+    @property
+    def dropped_records(self) -> int:
+        """Records lost: the spool could not take them, or the database refused them (a bug)."""
+        return self._dropped
+
     # -- thread -------------------------------------------------------------
 
     def _running(self) -> bool:
@@ -397,9 +466,14 @@ class RecordWriter:
 
     def _run(self) -> None:
         q = self._q
+        self._resume()
         while True:
             try:
-                item = q.get()
+                try:
+                    item = q.get(timeout=self._idle_wait())
+                except Empty:
+                    self._resume()
+                    continue
                 control: _Control | None = None
                 batch: list[Any] = []
                 if isinstance(item, _Control):
@@ -427,13 +501,14 @@ class RecordWriter:
                         self._write_batch(batch)
                     except Exception:
                         log.exception("record writer lost a batch of %d records", len(batch))
+                        self._count_dropped(len(batch))
                 if control is not None and self._handle(control):
                     break
             except Exception:  # never let the writer die
                 log.exception("record writer loop error")
         try:
-            assert self._cur is not None
-            self._cur.close()
+            if self._cur is not None:
+                self._cur.close()
         except Exception:
             log.debug("closing writer cursor failed", exc_info=True)
 
@@ -443,11 +518,14 @@ class RecordWriter:
             control.done.set()
         elif isinstance(control, _Call):
             try:
-                assert self._cur is not None
+                if self._cur is None:
+                    raise RuntimeError(f"the database is not available: {self._failing}")
                 control.result = control.fn(self._cur)
             except BaseException as exc:
                 control.error = exc
                 self._rollback_quietly()
+                if _needs_reopen(exc):
+                    self._reopen_needed = True
             finally:
                 control.done.set()
         elif isinstance(control, _Stop):
@@ -478,54 +556,225 @@ class RecordWriter:
         except Exception:
             pass  # no transaction was open
 
+    # -- failures: spool, retry, reopen, replay ---------------------------------
+
+    def _idle_wait(self) -> float | None:
+        """How long the thread may wait for records before it must retry or replay (None: forever)."""
+        if not (self._reopen_needed or self._recover_before is not None or (self._spool and len(self._spool))):
+            return None
+        return max(0.0, self._retry_at - time.monotonic())
+
+    def _failed(self, exc: BaseException) -> None:
+        self._write_failures += 1
+        hook = self.on_write_failure
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_write_failure hook failed")
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        if self._failing is None:
+            where = f"spooling records to {self._spool.directory}" if self._spool is not None else "no spool"
+            log.error("database write failed (%s); %s and retrying", reason, where)
+        self._failing = reason
+        self._reopen_needed = self._reopen_needed or _needs_reopen(exc)
+        self._retry_wait = min(self._retry_max, self._retry_wait * 2 or _RETRY_FIRST)
+        self._retry_at = time.monotonic() + self._retry_wait
+
+    def _succeeded(self) -> None:
+        if self._failing is not None:
+            log.warning("database writes work again (after: %s); %d spooled record(s) to replay",
+                        self._failing, self.spooled_records)
+        self._failing = None
+        self._retry_wait = 0.0
+        self._retry_at = 0.0
+
+    def _count_dropped(self, n: int) -> None:
+        self._dropped += n
+        hook = self.on_dropped
+        if hook is not None:
+            try:
+                hook(n)
+            except Exception:
+                log.exception("on_dropped hook failed")
+
+    def _spill(self, records: list[Record]) -> None:
+        """Keep a batch the database cannot take now on disk, after the ones already there."""
+        if self._spool is None:
+            log.error("dropped %d records: the database failed (%s) and no spool is configured",
+                      len(records), self._failing)
+            self._count_dropped(len(records))
+            return
+        try:
+            self._spool.append(records)
+        except OSError as exc:
+            log.error("dropped %d records: the database failed (%s) and the spool %s cannot be written: %s",
+                      len(records), self._failing, self._spool.directory, exc)
+            self._count_dropped(len(records))
+
+    def _reopen_database(self) -> bool:
+        if self._reopen is None:
+            self._reopen_needed = False
+            return True
+        self._cur = None  # the old connection's cursors close with it
+        try:
+            conn = self._reopen()
+            cur = conn.cursor()
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        self._conn, self._cur = conn, cur
+        self._reopen_needed = False
+        self._markers_ready = False
+        log.warning("reopened the database (after: %s)", self._failing)
+        return True
+
+    def _resume(self) -> None:
+        """When due: reopen the database if needed, replay the spool oldest first, then end the
+        interceptions an earlier run left open. Replays yield after one flush interval to new records."""
+        if time.monotonic() < self._retry_at:
+            return
+        if self._reopen_needed and not self._reopen_database():
+            return
+        spool = self._spool
+        if spool is not None and len(spool):
+            deadline = time.monotonic() + max(self._interval, 0.05)
+            while len(spool):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    batch = spool.oldest()
+                    assert batch is not None
+                except OSError as exc:
+                    self._failed(exc)
+                    return
+                if not self._write(batch.records, batch.id):
+                    return
+                if batch.unreadable:
+                    self._count_dropped(batch.unreadable)
+                try:
+                    spool.remove(batch)
+                except OSError as exc:  # replayed again later: the marker keeps that from duplicating
+                    log.error("could not remove the replayed spool batch %s: %s", batch.path, exc)
+                    self._failed(exc)
+                    return
+            log.warning("spool replayed: every spooled record is in the database")
+            try:
+                spool.sync()  # the removals are durable before the markers that guard them go
+                assert self._cur is not None
+                spooling.ensure_marker_table(self._cur)
+                spooling.forget_replayed(self._cur)
+                self._markers_ready = False
+            except Exception:
+                log.warning("could not clear the spool's replay markers (harmless)", exc_info=True)
+        if self._recover_before is not None and self._cur is not None:
+            try:
+                n = recover_open_interceptions(self._cur, datetime.now(UTC), self._recover_before)
+            except Exception as exc:
+                self._failed(exc)
+                return
+            self._recover_before = None
+            if n:
+                log.warning("ended %d interception(s) left open by an earlier crash (status failed)", n)
+
     # -- writing ------------------------------------------------------------
 
     def _write_batch(self, records: list[Record]) -> None:
-        if self._try_write(records):
-            return
-        log.error("batch of %d records failed; retrying in groups of %d", len(records), _RETRY_GROUP)
+        spool = self._spool
+        if spool is not None and len(spool):
+            self._resume()
+            if len(spool):  # older records wait on disk: these go after them
+                self._spill(records)
+                return
+        elif self._reopen_needed or self._recover_before is not None:
+            self._resume()
+        if not self._write(records):
+            self._spill(records)
+
+    def _write(self, records: list[Record], marker: str | None = None) -> bool:
+        """Write `records` in one transaction (with the spool batch id `marker`); a record the
+        database refuses is dropped alone. False: the database failed (the caller keeps the records)."""
+        exc = self._attempt(records, marker)
+        if exc is None:
+            return True
+        if not _is_data_error(exc):
+            self._failed(exc)
+            return False
+        log.error("batch of %d records refused (%s); retrying in groups of %d", len(records), exc, _RETRY_GROUP)
+        # Dry runs (rolled back) find the refused records; the rest is then written in one
+        # transaction, so a spool batch is still written once, with its marker.
+        accepted: list[Record] = []
         for i in range(0, len(records), _RETRY_GROUP):
             group = records[i : i + _RETRY_GROUP]
-            if len(group) > 1 and self._try_write(group):
-                continue
+            if len(group) > 1:
+                exc = self._attempt(accepted + group, dry_run=True)
+                if exc is None:
+                    accepted += group
+                    continue
+                if not _is_data_error(exc):
+                    self._failed(exc)
+                    return False
             for record in group:
-                if not self._try_write([record], log_error=True):
-                    log.error(
-                        "dropped %s for interception %s",
-                        type(record).__name__,
-                        getattr(record, "interception_id", getattr(record, "id", "?")),
-                    )
+                exc = self._attempt([*accepted, record], dry_run=True)
+                if exc is None:
+                    accepted.append(record)
+                elif not _is_data_error(exc):
+                    self._failed(exc)
+                    return False
+                else:
+                    log.error("dropped %s for interception %s: %s", type(record).__name__,
+                              getattr(record, "interception_id", getattr(record, "id", "?")), exc)
+                    self._count_dropped(1)
+        if not accepted and marker is None:
+            return True
+        exc = self._attempt(accepted, marker)
+        if exc is not None:
+            self._failed(exc)
+            return False
+        return True
 
-    def _try_write(self, records: list[Record], log_error: bool = False) -> bool:
+    def _attempt(self, records: list[Record], marker: str | None = None,
+                 dry_run: bool = False) -> Exception | None:
+        """One transaction; returns what failed, if anything. A marker already recorded: nothing to do."""
         cur = self._cur
-        assert cur is not None
+        if cur is None:
+            return duckdb.ConnectionException(f"the database is not open ({self._failing})")
         started = time.perf_counter()
         try:
             plan = self._plan(records)
+            if marker is not None and not self._markers_ready:
+                spooling.ensure_marker_table(cur)
+                self._markers_ready = True
             cur.execute("BEGIN")
             try:
+                if marker is not None and spooling.replayed(cur, marker):
+                    cur.execute("ROLLBACK")
+                    return None
                 self._execute(cur, plan)
-                cur.execute("COMMIT")
+                if marker is not None:
+                    spooling.mark_replayed(cur, marker)
+                cur.execute("ROLLBACK" if dry_run else "COMMIT")
             except BaseException:
                 self._rollback_quietly()
                 raise
-        except Exception:
-            if log_error:
-                log.exception("writing %s failed", type(records[0]).__name__)
-            elif len(records) > 1:
-                log.warning("writing a batch of %d records failed", len(records), exc_info=True)
-            return False
+        except Exception as exc:
+            return exc
+        if dry_run:
+            return None
+        for iid in plan.prompts_done:
+            self._open_prompts.pop(iid)
         elapsed = time.perf_counter() - started
         self._rows_written += len(records)
         self._batches += 1
         self._last_flush_seconds = elapsed
+        self._succeeded()
         hook = self.on_batch
         if hook is not None:
             try:
                 hook(len(records), elapsed)
             except Exception:
                 log.exception("on_batch hook failed")
-        return True
+        return None
 
     def _execute(self, cur: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
         # Interceptions first, then their children, then ends of earlier batches.
@@ -542,11 +791,17 @@ class RecordWriter:
         if plan.ends:
             rows = [(iid, *end) for iid, end in plan.ends.items()]
             cur.execute(_SQL_ENDS, [_dumps(list(zip(*rows, strict=True)))])
+        if plan.prompt_ids:
+            since = min(created for _, _, created in plan.prompt_ids)
+            ids = [(iid, rid) for iid, rid, _ in plan.prompt_ids]
+            cur.execute(_SQL_PROMPT_IDS, [_dumps(list(zip(*ids, strict=True))), since])
 
     def _plan(self, records: list[Record]) -> _Plan:
         self._prefetch_threads(records)
         plan = _Plan()
         open_rows: dict[str, list[Any]] = {}
+        open_prompts: dict[str, list[Any]] = {}  # prompts of this batch still without a response id
+        prompts_waiting = self._open_prompts
         tool_owner = self._tool_owner
         roots = self._roots
         open_roots = self._open_roots
@@ -594,7 +849,10 @@ class RecordWriter:
                     )
                 )
             elif kind is PromptRecord:
-                plan.prompts.append((r.interception_id, r.provider_response_id, r.prompt, r.created_at))
+                prompt_row = [r.interception_id, r.provider_response_id, r.prompt, r.created_at]
+                plan.prompts.append(prompt_row)
+                if r.provider_response_id is None:
+                    open_prompts[r.interception_id] = prompt_row
             elif kind is InterceptionStart:
                 metadata = dict(r.metadata) if r.metadata else {}
                 parent = root = None
@@ -630,6 +888,16 @@ class RecordWriter:
                 open_rows[r.id] = row
             elif kind is InterceptionEnd:
                 open_roots.pop(r.id)
+                response_id = r.metadata.get("response_id") if r.metadata else None
+                prompt_row = open_prompts.pop(r.id, None)
+                if prompt_row is not None:
+                    prompt_row[1] = response_id
+                else:
+                    created = prompts_waiting.get(r.id)
+                    if created is not None:
+                        plan.prompts_done.append(r.id)
+                        if response_id:
+                            plan.prompt_ids.append((r.id, response_id, created))
                 row = open_rows.get(r.id)
                 if row is not None:
                     row[_I_ENDED] = r.ended_at
@@ -646,6 +914,8 @@ class RecordWriter:
                 plan.thoughts.append((r.interception_id, r.content, r.metadata, r.created_at))
             else:
                 raise TypeError(f"not a record: {kind.__name__}")
+        for iid, prompt_row in open_prompts.items():  # responses still running: filled in by their ends
+            prompts_waiting.set(iid, _ts(prompt_row[3]))
         return plan
 
     def _prefetch_threads(self, records: list[Record]) -> None:

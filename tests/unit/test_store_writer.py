@@ -532,3 +532,19 @@ def test_flush_before_start_reports_pending(db):
     assert w.flush()
     w.close()
     assert count(db, "aibridge_interceptions") == 1
+
+
+def test_prompt_recorded_at_start_gets_the_response_id_from_the_end(db, writer):
+    same, later, none = uid(), uid(), uid()
+    for iid in (same, later, none):
+        writer.submit(start(iid))
+        writer.submit(PromptRecord(iid, None, f"prompt of {iid}", T0))
+    writer.submit(end(same, meta={"response_id": "msg_same"}))
+    assert writer.flush()
+    ids = "SELECT interception_id::VARCHAR, provider_response_id FROM aibridge_user_prompts"
+    assert dict(db.execute(ids).fetchall()) == {same: "msg_same", later: None, none: None}
+    writer.submit(end(later, meta={"response_id": "msg_later"}))  # a later batch: an UPDATE
+    writer.submit(end(none, status="failed", meta={"error": "upstream answered HTTP 500"}))
+    assert writer.flush()
+    assert dict(db.execute(ids).fetchall()) == {same: "msg_same", later: "msg_later", none: None}
+    assert len(writer._open_prompts) == 0

@@ -1,0 +1,213 @@
+"""The recorder's spool: batches the database could not take, kept on disk until it can.
+
+One file per batch in `<database>.spool/` (directory 0700, files 0600). A batch
+is written to a temporary name, fsync'd, renamed and the directory fsync'd, so
+a batch file is either complete or absent. File names sort in the order the
+batches were written:
+
+    000000000042-<batch id>-<record count>.batch
+
+Each file holds one JSON line per record, `["<record type>", {fields}]`.
+
+Replays go oldest first. The batch id is inserted into `aigw_spool_batches` in
+the same transaction as the batch's rows, and a batch whose id is already there
+is not written again: a crash between that commit and the file's removal never
+duplicates rows. The ids are cleared once the spool is empty (after the
+directory is fsync'd, so a removed file cannot come back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from addons.records import (
+    InterceptionEnd,
+    InterceptionStart,
+    PromptRecord,
+    Record,
+    ThoughtRecord,
+    TokenUsageRecord,
+    ToolUsageRecord,
+)
+
+log = logging.getLogger("aigw.store")
+
+SUFFIX = ".batch"
+MARKER_TABLE = "aigw_spool_batches"
+_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (InterceptionStart, InterceptionEnd, TokenUsageRecord, PromptRecord, ToolUsageRecord, ThoughtRecord)
+}
+# Fields decoded back from RFC 3339 text (annotations are strings: records.py uses postponed evaluation).
+_TIMES = {name: tuple(f.name for f in dataclasses.fields(cls) if "datetime" in str(f.type))
+          for name, cls in _TYPES.items()}
+
+
+def json_default(obj: Any) -> Any:
+    """What orjson cannot encode by itself, as the database stores it."""
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    if isinstance(obj, bytes | bytearray):
+        return obj.decode("utf-8", "replace")
+    return str(obj)
+
+
+def spool_dir(db: Path) -> Path:
+    return db.with_name(db.name + ".spool")
+
+
+@dataclass(slots=True)
+class SpoolBatch:
+    id: str
+    path: Path
+    records: list[Record]
+    unreadable: int  # lines that did not decode to a record (dropped)
+
+
+class Spool:
+    """The batch files of one database, oldest first. Used by the writer thread only."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._files: deque[tuple[Path, int]] = deque()  # (path, record count)
+        self._records = 0
+        self._seq = 0
+
+    def open(self) -> None:
+        """Create the directory and list the batches an earlier run left (raises OSError)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.directory.stat().st_mode & 0o077:
+            self.directory.chmod(0o700)
+        for tmp in self.directory.glob("*.tmp"):
+            # A crash while writing it: its records never left memory for longer than one flush.
+            log.error("removing %s: the gateway stopped while writing it", tmp)
+            tmp.unlink(missing_ok=True)
+        found = []
+        for path in self.directory.glob("*" + SUFFIX):
+            seq, _bid, count = _parse_name(path)
+            if seq < 0:
+                log.error("ignoring %s: not a spool batch name", path)
+                continue
+            found.append((seq, path, count))
+        found.sort()
+        self._files = deque((path, count) for _seq, path, count in found)
+        self._records = sum(count for _path, count in self._files)
+        self._seq = found[-1][0] + 1 if found else 0
+
+    @property
+    def records(self) -> int:
+        """Records waiting in the spool."""
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def append(self, records: list[Record]) -> None:
+        """Write one batch durably (raises OSError, e.g. when the disk is full)."""
+        batch_id = uuid.uuid4().hex
+        final = self.directory / f"{self._seq:012d}-{batch_id}-{len(records)}{SUFFIX}"
+        tmp = final.with_suffix(".tmp")
+        data = b"".join(_encode(r) for r in records)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.rename(tmp, final)
+        self.sync()
+        self._seq += 1
+        self._files.append((final, len(records)))
+        self._records += len(records)
+
+    def oldest(self) -> SpoolBatch | None:
+        """The oldest batch, decoded (raises OSError when it cannot be read)."""
+        if not self._files:
+            return None
+        path, _count = self._files[0]
+        records: list[Record] = []
+        unreadable = 0
+        for line in path.read_bytes().splitlines():
+            record = _decode(line)
+            if record is None:
+                unreadable += 1
+            else:
+                records.append(record)
+        return SpoolBatch(_parse_name(path)[1], path, records, unreadable)
+
+    def remove(self, batch: SpoolBatch) -> None:
+        """Forget the oldest batch once its rows are committed (raises OSError)."""
+        path, count = self._files[0]
+        assert path == batch.path
+        path.unlink(missing_ok=True)
+        self._files.popleft()
+        self._records -= count
+
+    def sync(self) -> None:
+        """Make renames and removals in the directory durable."""
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _parse_name(path: Path) -> tuple[int, str, int]:
+    parts = path.name.removesuffix(SUFFIX).split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+        return -1, "", 0
+    return int(parts[0]), parts[1], int(parts[2])
+
+
+def _encode(record: Record) -> bytes:
+    # orjson encodes the slotted dataclasses field by field; datetimes become RFC 3339 text.
+    return orjson.dumps([type(record).__name__, record], default=json_default,
+                        option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+
+
+def _decode(line: bytes) -> Record | None:
+    try:
+        name, fields = orjson.loads(line)
+        cls = _TYPES[name]
+        for key in _TIMES[name]:
+            if isinstance(fields.get(key), str):
+                fields[key] = datetime.fromisoformat(fields[key])
+        return cls(**fields)  # type: ignore[no-any-return]
+    except Exception:
+        log.error("dropping an unreadable spool record: %.200r", line)
+        return None
+
+
+# -- replay markers (run on the writer's cursor, inside its transactions) ------------
+
+def ensure_marker_table(cur: duckdb.DuckDBPyConnection) -> None:
+    # No primary key: the catalog may be one without constraints (DuckLake); lookups go by id.
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (id VARCHAR NOT NULL, replayed_at TIMESTAMPTZ NOT NULL)")
+
+
+def replayed(cur: duckdb.DuckDBPyConnection, batch_id: str) -> bool:
+    return cur.execute(f"SELECT 1 FROM {MARKER_TABLE} WHERE id = ?", [batch_id]).fetchone() is not None
+
+
+def mark_replayed(cur: duckdb.DuckDBPyConnection, batch_id: str) -> None:
+    cur.execute(f"INSERT INTO {MARKER_TABLE} VALUES (?, now())", [batch_id])
+
+
+def forget_replayed(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(f"DELETE FROM {MARKER_TABLE}")
