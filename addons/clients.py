@@ -5,8 +5,9 @@ The signals are those of Coder's AI Gateway (aibridge's `GuessClient` /
 `x-cursor-client-version`. On top of them: GitHub's `copilot-integration-id`,
 the `X-Title` header that Kilo Code, Roo Code and Cline send, opencode, Cline,
 Factory's droid, and the stock SDKs / HTTP tools for what is left. A client's
-session id is read only from the headers *that* client is known to send, so one
-tool's header never groups another tool's requests.
+coding tool's session id is read only from the headers *that* tool is known to send,
+so one tool's header never groups another tool's requests; a library or an unknown
+client has none of its own and may send any of them (a script grouping its calls).
 
 It runs once per intercepted request: a few dict lookups and `startswith` calls
 over a fixed table, no regular expressions.
@@ -30,8 +31,8 @@ class Client:
     name: str
     # Lower-cased User-Agent prefixes that name this client (first match in table order wins).
     user_agents: tuple[str, ...] = ()
-    # Its own session headers, by precedence.
-    session_headers: tuple[str, ...] = ()
+    # Its own session headers, by precedence; None: any tool's (libraries, unknown clients).
+    session_headers: tuple[str, ...] | None = ()
     # What precedes the version in its User-Agent: `name/1.2.3`, or `OpenAI/Python 1.2.3`.
     version_after: str = "/"
 
@@ -61,25 +62,30 @@ OPENCODE = Client("OpenCode", ("opencode/",), ("x-opencode-session", "x-session-
 JUNIE = Client("Junie", ("junie:",), version_after=":")
 CLINE = Client("Cline", ("cline/",), ("x-task-id", "session_id"))
 DROID = Client("Factory Droid", ("factory-cli/",))
-UNKNOWN = Client("Unknown")
+UNKNOWN = Client("Unknown", session_headers=None)
 
 # Tools that name themselves in the User-Agent, in Coder's order (Mux before Claude Code, ...).
 _PRODUCTS: tuple[Client, ...] = (MUX, CLAUDE_CODE, CODEX, ZED, COPILOT_VSCODE, COPILOT_CLI, KILO_CODE, ROO_CODE,
                                  CODER_AGENTS, CRUSH, OPENCODE, JUNIE, CLINE, DROID)
 
-OPENAI_JS = Client("OpenAI SDK (JS)", ("openai/js",), version_after=" ")
-ANTHROPIC_JS = Client("Anthropic SDK (JS)", ("anthropic/js",), version_after=" ")
+OPENAI_JS = Client("OpenAI SDK (JS)", ("openai/js",), None, " ")
+ANTHROPIC_JS = Client("Anthropic SDK (JS)", ("anthropic/js",), None, " ")
 # Libraries and HTTP tools: only when no coding tool identified itself.
 _LIBRARIES: tuple[Client, ...] = (
-    Client("LiteLLM", ("litellm/",)),
-    Client("Anthropic SDK (Python)", ("anthropic/python", "anthropicbedrock/python"), version_after=" "),
+    Client("LiteLLM", ("litellm/",), None),
+    Client("Anthropic SDK (Python)", ("anthropic/python", "anthropicbedrock/python"), None, " "),
     ANTHROPIC_JS,
-    Client("OpenAI SDK (Python)", ("openai/python",), version_after=" "),
+    Client("OpenAI SDK (Python)", ("openai/python",), None, " "),
     OPENAI_JS,
-    Client("boto3", ("boto3/", "botocore/")),
-    Client("curl", ("curl/",)),
-    Client("httpx", ("python-httpx/",)),
+    Client("boto3", ("boto3/", "botocore/"), None),
+    Client("curl", ("curl/",), None),
+    Client("httpx", ("python-httpx/",), None),
 )
+# What a client without a session header of its own may send: every tool's, in this precedence.
+_ANY_SESSION: tuple[str, ...] = tuple(dict.fromkeys(
+    name for client in (CLAUDE_CODE, CODEX, COPILOT_CLI, COPILOT_VSCODE, KILO_CODE, MUX, CODER_AGENTS, OPENCODE,
+                        ROO_CODE, CLINE)
+    for name in client.session_headers or ()))
 
 # The `originator` header, exactly (Codex's values are all `codex_*`).
 _ORIGINATORS: dict[str, Client] = {"kilo-code": KILO_CODE, "roo-code": ROO_CODE, "cline": CLINE,
@@ -144,11 +150,12 @@ def _version(client: Client, user_agent: str, lowered: str) -> str | None:
 
 
 def _session_id(client: Client, headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:
-    for name in client.session_headers:
+    names = _ANY_SESSION if client.session_headers is None else client.session_headers
+    for name in names:
         value = _clean(headers.get(name))
         if value:
             return value
-    return _claude_code_metadata_session(body) if client is CLAUDE_CODE else None
+    return _claude_code_metadata_session(body) if names is _ANY_SESSION or client is CLAUDE_CODE else None
 
 
 def _clean(value: str | None) -> str | None:

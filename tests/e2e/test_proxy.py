@@ -382,8 +382,7 @@ def test_copilot_chat_and_messages_forward_the_users_token(gw: Gateway, fakes: F
     assert len(rows) == 2  # /models is relayed, not recorded
     for row in rows:
         assert (row["provider"], row["credential_kind"], row["client"]) == ("copilot", "byok", "Copilot CLI")
-        # (clients.session_id currently prefers x-interaction-id over Copilot CLI's x-client-session-id)
-        assert row["client_session_id"] in ("copilot-session-1", "interaction-1")
+        assert row["client_session_id"] == "copilot-session-1"  # Copilot CLI's own x-client-session-id
         assert COPILOT_TOKEN not in (row["credential_hint"] or "")
     assert sorted(json.loads(r["metadata"])["route"] for r in rows) == ["/chat/completions", "/v1/messages"]
 

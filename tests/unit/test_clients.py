@@ -161,14 +161,26 @@ def test_claude_code_sessions(headers: H, body: dict[str, Any] | None, session: 
      "ses_15a48edefffe7oY0YcIHRv29dD"),
     ({"user-agent": "opencode/1.16.0", "x-opencode-session": "zen", "x-session-affinity": "other"}, "zen"),
     ({"user-agent": "opencode/1.16.0", "x-session-affinity": "affinity-session-123"}, "affinity-session-123"),
-    # A client's own header only: another tool's session header groups nothing.
+    # A coding tool's own header only: another tool's session header groups nothing.
     ({"user-agent": "Zed/0.219.4", "session_id": "zed-session"}, None),
     ({"user-agent": "Charm Crush/0.1.11", "x-session-id": "s"}, None),
     ({"x-cursor-client-version": "0.50.0", "session_id": "s"}, None),
-    ({"user-agent": "python-httpx/0.28.1", "x-claude-code-session-id": "s", "session-id": "s"}, None),
+    ({"user-agent": "opencode/1.18.33", "session_id": "s", "x-claude-code-session-id": "s"}, None),
+    ({"user-agent": "claude-cli/2.1.197", "x-session-affinity": "s"}, None),
+    # Libraries and unknown clients have no header of their own: a script may group its calls with any.
+    ({"user-agent": "python-httpx/0.28.1", "session-id": "s-1", "x-session-id": "s-2"}, "s-1"),
+    ({"user-agent": "Anthropic/Python 0.69.0", "x-claude-code-session-id": "sess-1"}, "sess-1"),
+    ({"user-agent": "OpenAI/Python 1.99.0", "session_id": "marker"}, "marker"),
+    ({"x-session-id": "anonymous"}, "anonymous"),
 ])
 def test_each_client_reads_its_own_session_header(headers: H, session: str | None) -> None:
     assert identify(headers, None).session_id == session
+
+
+def test_an_unknown_client_may_carry_claude_codes_metadata_session() -> None:
+    body = {"metadata": {"user_id": "user_abc_account_456_session_some-id"}}
+    assert identify({"user-agent": "my-script/1.0"}, body).session_id == "some-id"
+    assert identify({"user-agent": "Zed/0.219.4"}, body).session_id is None
 
 
 def test_an_overlong_session_id_is_dropped_not_cut() -> None:
