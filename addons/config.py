@@ -43,6 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from addons import home as homes
 from addons.breaker import BreakerSettings
 from addons.home import Home
+from addons.limits import DEFAULT_GOVERNANCE, PERIODS, GovernanceSettings, Limits
 
 __all__ = [
     "CHATGPT_BASE_URL",
@@ -213,6 +214,7 @@ class Settings:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE  # request bodies, bytes
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # names + values of all request headers
+    governance: GovernanceSettings = DEFAULT_GOVERNANCE  # limits and budgets (addons/governance.py)
     config_file: Path | None = None
     home: Home = DEFAULT_HOME  # holds data/ and certs/ (addons/home.py)
     db_origin: str | None = None  # the variable that set `db`; None: the home's default database
@@ -419,6 +421,69 @@ _OPTIONS = (
         "--aibridge-max-header-bytes",
         "largest total size of the request headers, e.g. 64KiB (default 64KiB; larger: 431)",
         metavar="SIZE",
+    ),
+    _Opt(
+        "max_concurrency",
+        "CODER_AIBRIDGE_MAX_CONCURRENCY",
+        "--aibridge-max-concurrency",
+        "intercepted requests in flight per gateway process (default 0: no limit; over it: 503)",
+        metavar="N",
+    ),
+    _Opt(
+        "rate_limit",
+        "CODER_AIBRIDGE_RATE_LIMIT",
+        "--aibridge-rate-limit",
+        "intercepted requests per second per client IP and process (default 0: no limit; over it: 429)",
+        metavar="N",
+    ),
+    _Opt(
+        "default_rpm",
+        "CODER_AIBRIDGE_DEFAULT_RPM",
+        "--aibridge-default-rpm",
+        "requests per minute per user and per key unless set on them (default 0: no limit)",
+        metavar="N",
+    ),
+    _Opt(
+        "default_tpm",
+        "CODER_AIBRIDGE_DEFAULT_TPM",
+        "--aibridge-default-tpm",
+        "input + output tokens per minute per user and per key unless set on them (default 0: no limit)",
+        metavar="N",
+    ),
+    _Opt(
+        "default_max_streams",
+        "CODER_AIBRIDGE_DEFAULT_MAX_STREAMS",
+        "--aibridge-default-max-streams",
+        "requests in flight per user and per key unless set on them (default 0: no limit)",
+        metavar="N",
+    ),
+    _Opt(
+        "budget_policy",
+        "CODER_AIBRIDGE_BUDGET_POLICY",
+        "--aibridge-budget-policy",
+        "a user in several budgeted groups gets the highest or the lowest budget (default highest)",
+        metavar="highest|lowest",
+    ),
+    _Opt(
+        "budget_period",
+        "CODER_AIBRIDGE_BUDGET_PERIOD",
+        "--aibridge-budget-period",
+        "budget period, UTC boundaries (default month)",
+        metavar="day|week|month",
+    ),
+    _Opt(
+        "budget_unpriced",
+        "CODER_AIBRIDGE_BUDGET_UNPRICED",
+        "--aibridge-budget-unpriced",
+        "models without a known price, for users with a budget: allow or deny (default allow)",
+        metavar="allow|deny",
+    ),
+    _Opt(
+        "budget_warn_ratio",
+        "CODER_AIBRIDGE_BUDGET_WARN_RATIO",
+        "--aibridge-budget-warn-ratio",
+        "share of the budget spent from which responses carry x-aigw-budget-warning (default 0.8)",
+        metavar="RATIO",
     ),
     _Opt(
         "prometheus_enable",
@@ -758,6 +823,15 @@ class _YamlSection(_YamlModel):
     max_body_size: _Scalar = None
     max_header_count: _Scalar = None
     max_header_bytes: _Scalar = None
+    max_concurrency: _Scalar = None
+    rate_limit: _Scalar = None
+    default_rpm: _Scalar = None
+    default_tpm: _Scalar = None
+    default_max_streams: _Scalar = None
+    budget_policy: _Scalar = None
+    budget_period: _Scalar = None
+    budget_unpriced: _Scalar = None
+    budget_warn_ratio: _Scalar = None
     providers: list[_YamlProvider] | None = None
 
 
@@ -1126,6 +1200,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         max_body_size=value("max_body_size", _parse_size, DEFAULT_MAX_BODY_SIZE),
         max_header_count=value("max_header_count", _parse_count, DEFAULT_MAX_HEADER_COUNT),
         max_header_bytes=value("max_header_bytes", _parse_size, DEFAULT_MAX_HEADER_BYTES),
+        governance=_governance(value),
         config_file=config_file,
         home=home,
         db_origin=db_value.origin if db_value else None,
@@ -1161,6 +1236,57 @@ def _circuit_breaker(value: Callable[[str, Callable[[Any, str], Any], Any], Any]
         interval=value("circuit_breaker_interval", interval, defaults.interval),
         timeout=value("circuit_breaker_timeout", timeout, defaults.timeout),
         max_requests=value("circuit_breaker_max_requests", _parse_count, defaults.max_requests),
+    )
+
+
+def _parse_limit(value: Any, name: str) -> int:
+    """A limit: a whole number, 0 meaning no limit."""
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ConfigError(f"{name}: invalid limit {text!r} (expected a whole number; 0: no limit)")
+    return int(text)
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def parse(value: Any, name: str) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"{name}: invalid value {str(value)!r} (expected {' or '.join(choices)})")
+        return text
+
+    return parse
+
+
+def _governance(value: Callable[[str, Callable[[Any, str], Any], Any], Any]) -> GovernanceSettings:
+    def rate(v: Any, name: str) -> float:
+        try:
+            parsed = float(str(v).strip())
+        except ValueError:
+            parsed = -1.0
+        if not parsed >= 0 or parsed == float("inf"):
+            raise ConfigError(f"{name}: invalid rate {str(v)!r} (expected requests per second; 0: no limit)")
+        return parsed
+
+    def ratio(v: Any, name: str) -> float:
+        try:
+            parsed = float(str(v).strip())
+        except ValueError:
+            parsed = -1.0
+        if not 0 < parsed <= 1:
+            raise ConfigError(f"{name}: invalid ratio {str(v)!r} (expected a number above 0, at most 1)")
+        return parsed
+
+    def limit(key: str) -> int | None:
+        return value(key, _parse_limit, 0) or None
+
+    return GovernanceSettings(
+        max_concurrency=value("max_concurrency", _parse_limit, 0),
+        rate_limit=value("rate_limit", rate, 0.0),
+        defaults=Limits(limit("default_rpm"), limit("default_tpm"), limit("default_max_streams")),
+        budget_policy=value("budget_policy", _choice("highest", "lowest"), "highest"),
+        budget_period=value("budget_period", _choice(*PERIODS), "month"),
+        budget_unpriced=value("budget_unpriced", _choice("allow", "deny"), "allow"),
+        budget_warn_ratio=value("budget_warn_ratio", ratio, 0.8),
     )
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ from addons.circuit import CircuitBreakers
 from addons.config import Settings
 from addons.dumps import Dumps
 from addons.engine import AigwMaster, use_hook_table
+from addons.governance import Governance
 from addons.guard import DefaultDeny, Guard, install_request_body_limit
 from addons.intercept import Interceptor
 from addons.keypool import KeyFailover
+from addons.limits import period_bounds
 from addons.logs import Logs, LogSetupError, setup_logging
 from addons.metrics import Metrics, MetricsServer, MetricsServerError, chain_on_batch, start_server
 from addons.providers.base import any_error
@@ -38,6 +41,7 @@ from addons.retention import Retention
 from addons.routing import Router
 from addons.shutdown import GracefulShutdown
 from addons.store import db
+from addons.store import governance as governance_store
 from addons.store import keys as keystore
 from addons.store.prices import Pricer
 from addons.timeouts import UpstreamTimeouts
@@ -122,6 +126,17 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         log_output.close()
 
 
+async def start_governance(settings: Settings, recorder: Recorder, interceptor: Interceptor,
+                           price: Callable[[TokenUsageRecord], float | None]) -> Governance:
+    """Limits and budgets, with the policy and this period's spend read from the database (off the loop)."""
+    writer = recorder.writer
+    assert writer is not None
+    start, end = period_bounds(settings.governance.budget_period, datetime.now(UTC))
+    policy = await asyncio.to_thread(writer.call, governance_store.load_policy)
+    spend = await asyncio.to_thread(writer.call, lambda conn: governance_store.spend_by_user(conn, start, end))
+    return Governance(settings.governance, interceptor, policy, spend, price)
+
+
 async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets: Sequence[str], web: bool,
                 quiet: bool, otel_pipeline: Any = None) -> int:
     opts = options.Options()
@@ -145,8 +160,10 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     guard = Guard(settings, interceptor.fail)
     assert recorder.writer is not None
     metrics_addons: list[object] = []
-    # The Prometheus and OTel sinks price token rows as the writer does (rates cached per model).
-    price = usage_price(Pricer(settings.prices_file)) if settings.prometheus_enable or otel_pipeline else None
+    # The governance, Prometheus and OTel sinks price token rows as the writer does (rates cached per model).
+    price = usage_price(Pricer(settings.prices_file))
+    governance = await start_governance(settings, recorder, interceptor, price)
+    recorder.sinks.append(governance)
     if settings.prometheus_enable:
         metrics_sink = Metrics(lambda: recorder.writer.queue_depth if recorder.writer else 0, price)
         recorder.sinks.append(metrics_sink)
@@ -165,8 +182,9 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         Logs(settings, recorder.sinks),
         *proxy_addons(settings, keys),  # transparent proxy: before the gateway routes
         Router(settings, keys),
-        AdminApi(settings, recorder, keys),
+        AdminApi(settings, recorder, keys, governance),
         interceptor,
+        governance,  # right after the interceptor: a refusal is a failed interception, never an upstream failure
         *otel_addons,  # after the interceptor: the traceparent derives from the interception id
         KeyFailover(),
         # After the key failover (a 429 cools the key first) and before the timeouts (a refused request

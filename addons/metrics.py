@@ -105,6 +105,14 @@ CIRCUIT_BREAKER_REJECTS = Counter(
     PREFIX + "circuit_breaker_rejects_total", "Requests refused by an open (or busy half-open) circuit breaker.",
     ["provider", "endpoint", "model"], registry=REGISTRY)
 
+LIMIT_REJECTIONS = Counter(
+    PREFIX + "limit_rejections_total",
+    "Intercepted requests refused by a limit, budget or model allowlist (addons/governance.py).",
+    ["reason"], registry=REGISTRY)
+INFLIGHT_REQUESTS = Gauge(
+    PREFIX + "inflight_requests", "Intercepted requests admitted and not yet finished (max-concurrency counts these).",
+    registry=REGISTRY)
+
 RECORDER_QUEUE = Gauge(
     PREFIX + "recorder_queue_depth", "Records waiting for the database writer.", registry=REGISTRY)
 RECORDER_WRITE = Histogram(

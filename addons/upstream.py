@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from addons.wire.model import RequestInfo, ResponseSummary
 
 
+# FlowContext.extra key: why the gateway ended the upstream exchange itself (e.g. "upstream timeout
+# after 300s"); the interception's error, and the circuit breaker counts it as an upstream failure.
+UPSTREAM_ERROR = "upstream_error"
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """The upstream cannot take this request; the client gets this error in its API's shape."""

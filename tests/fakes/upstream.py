@@ -36,6 +36,8 @@ class Reply:
     chunks: list[bytes | Gate] = field(default_factory=list)
     # Close the connection without finishing the chunked body (a cut stream).
     truncate: bool = False
+    # Wait for this gate before sending anything, status line included (a hung upstream).
+    head_gate: Gate | None = None
 
 
 @dataclass
@@ -116,13 +118,15 @@ class FakeUpstream:
                 self.send(reply)
 
             def send(self, reply: Reply) -> None:
-                self.send_response(reply.status)
-                headers = {"content-type": "application/json", **reply.headers}
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
+                if reply.head_gate is not None:
+                    reply.head_gate.event.wait(reply.head_gate.timeout)
                 try:
+                    self.send_response(reply.status)
+                    headers = {"content-type": "application/json", **reply.headers}
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
                     for chunk in reply.chunks:
                         if isinstance(chunk, Gate):
                             chunk.event.wait(chunk.timeout)
