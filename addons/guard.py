@@ -218,8 +218,11 @@ class Guard:
             return ctx.instance.type, ctx.route.api
         request = flow.request
         path = request.path
-        if context.is_tunnel(flow.client_conn) or context.is_absolute_form(request):
-            host = request.pretty_host
+        tunnelled = context.is_tunnel(flow.client_conn)
+        if tunnelled or context.is_absolute_form(request):
+            # Inside a tunnel the CONNECT target counts, whatever the Host header says.
+            address = flow.server_conn.address
+            host = str(address[0]) if tunnelled and address else request.host
             if is_bedrock_runtime_host(host):
                 return BEDROCK.type, None
             match = self.host_map.match(host, path.partition("?")[0])
