@@ -1,14 +1,19 @@
 """`aigw web`: the gateway under mitmweb, safe to show to debuggers.
 
-Three parts:
+Four parts:
 
 - `AigwWebMaster` — mitmweb's master with everything it sends to the browser
   redacted: the flow list and live updates (`flow_to_json`), the flow dump
   download, body content and content views, and command results. Credential
-  headers keep their name and lose their value; known secret values (the
-  configured provider keys, and whatever credential a flow carries) are
-  scrubbed from any text. Only this master is patched; `aigw serve` (mitmdump)
-  serializes nothing.
+  headers keep their name and lose their value, credential query parameters
+  too; known secret values (the configured provider keys, and whatever
+  credential a flow carries) are scrubbed from any text. Only this master is
+  patched; `aigw serve` (mitmdump) serializes nothing.
+- The gateway's own API (keys, query, admin, interceptions, sessions, health)
+  never enters the UI's flow store (`OwnApiHidingView`): its requests carry
+  admin keys and its responses new keys and recorded data.
+- `RedactedExports` — mitmweb's export, save and cut commands (`export curl`,
+  `save.file`, `save.har`, …) work on redacted copies of the flows.
 - `WebUi` addon — comments on each flow (user, instance, model, status,
   tokens), a mark on failed interceptions, the flow bound
   (`aigw_web_max_flows`: mitmweb keeps every flow in memory otherwise), and
@@ -24,18 +29,20 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from io import BytesIO
 from typing import Any
 
+import mitmproxy.types
+from mitmproxy import command, flowfilter, http, options
 from mitmproxy import ctx as mitm_ctx
 from mitmproxy import flow as mflow
-from mitmproxy import flowfilter, http, options
 from mitmproxy import io as mitm_io
+from mitmproxy.addons.view import View
 from mitmproxy.tools.web import app
 from mitmproxy.tools.web.master import WebMaster
 
-from addons import context, redaction
+from addons import context, redaction, routing
 
 log = logging.getLogger("aigw.web")
 
@@ -81,6 +88,8 @@ def flow_secrets(f: mflow.Flow, base: Iterable[str] = ()) -> set[str]:
     out = set(base) | _removed.get(f, frozenset())
     if isinstance(f, http.HTTPFlow):
         out |= redaction.credential_values(f.request.headers.items(multi=True))
+        out |= {v for name, v in f.request.query.items(multi=True)
+                if len(v) >= redaction.MIN_SECRET_LENGTH and redaction.is_sensitive_query_name(name)}
         if f.response is not None:
             out |= redaction.credential_values(f.response.headers.items(multi=True))
     return out
@@ -208,6 +217,88 @@ _OVERRIDES = [
 ]
 
 
+# --------------------------------------------------------------------------- the gateway's own API stays out
+
+
+def is_own_api(f: mflow.Flow) -> bool:
+    """A request to the gateway's own endpoints rather than to a provider instance."""
+    if not isinstance(f, http.HTTPFlow) or not routing.is_gateway_request(f):
+        return False
+    path = f.request.path
+    if path == "/healthz" or path.startswith("/healthz?"):
+        return True
+    parts = routing.split_gateway_path(path)
+    return parts is not None and parts[0] in routing.RESERVED
+
+
+class OwnApiHidingView(View):
+    """mitmweb's flow store, minus the gateway's own API flows (known from the request line on)."""
+
+    def add(self, flows: Sequence[mflow.Flow]) -> None:
+        super().add([f for f in flows if not is_own_api(f)])
+
+
+# --------------------------------------------------------------------------- exports
+
+
+class RedactedExports:
+    """Addon (aigw web): mitmweb's export, save and cut commands, fed redacted copies of the flows.
+
+    Added after mitmproxy's built-ins, so these take their command names over; each hands the
+    copies to the built-in implementation. Files written and text returned never hold a secret.
+    """
+
+    def __init__(self, master: AigwWebMaster) -> None:
+        self.master = master
+
+    def copies(self, flows: Sequence[mflow.Flow]) -> list[mflow.Flow]:
+        return [redacted_copy(f, self.master.secrets) for f in flows]
+
+    def builtin(self, name: str) -> Any:
+        return self.master.addons.get(name)
+
+    @command.command("export")
+    def export(self, format: str, f: mflow.Flow) -> str:
+        """Export a flow (credentials redacted) and return the result."""
+        return self.builtin("export").export_str(format, *self.copies([f]))
+
+    @command.command("export.file")
+    def export_file(self, format: str, flow: mflow.Flow, path: mitmproxy.types.Path) -> None:
+        """Export a flow (credentials redacted) to path."""
+        self.builtin("export").file(format, *self.copies([flow]), path)
+
+    @command.command("export.clip")
+    def export_clip(self, format: str, f: mflow.Flow) -> None:
+        """Export a flow (credentials redacted) to the system clipboard."""
+        self.builtin("export").clip(format, *self.copies([f]))
+
+    @command.command("save.file")
+    def save_file(self, flows: Sequence[mflow.Flow], path: mitmproxy.types.Path) -> None:
+        """Save flows (credentials redacted) to a file; a leading + appends."""
+        self.builtin("save").save(self.copies(flows), path)
+
+    @command.command("save.har")
+    def save_har(self, flows: Sequence[mflow.Flow], path: mitmproxy.types.Path) -> None:
+        """Export flows (credentials redacted) to an HAR file."""
+        self.builtin("savehar").export_har(self.copies(flows), path)
+
+    @command.command("cut")
+    def cut(self, flows: Sequence[mflow.Flow], cuts: mitmproxy.types.CutSpec) -> mitmproxy.types.Data:
+        """Cut data from flows (credentials redacted)."""
+        return self.builtin("cut").cut(self.copies(flows), cuts)  # type: ignore[no-any-return]
+
+    @command.command("cut.save")
+    def cut_save(self, flows: Sequence[mflow.Flow], cuts: mitmproxy.types.CutSpec,
+                 path: mitmproxy.types.Path) -> None:
+        """Save cuts of flows (credentials redacted) to a file."""
+        self.builtin("cut").save(self.copies(flows), cuts, path)
+
+    @command.command("cut.clip")
+    def cut_clip(self, flows: Sequence[mflow.Flow], cuts: mitmproxy.types.CutSpec) -> None:
+        """Send cuts of flows (credentials redacted) to the clipboard."""
+        self.builtin("cut").clip(self.copies(flows), cuts)
+
+
 # --------------------------------------------------------------------------- master
 
 
@@ -217,6 +308,14 @@ class AigwWebMaster(WebMaster):
     def __init__(self, opts: options.Options, secrets: Iterable[str] = ()) -> None:
         super().__init__(opts, with_termlog=False)
         self.secrets = frozenset(secrets)
+        # mitmweb's view, swapped for one that never stores the gateway's own API flows.
+        self.addons.remove(self.view)
+        self.view = OwnApiHidingView()
+        self.view.sig_view_add.connect(self._sig_view_add)
+        self.view.sig_view_remove.connect(self._sig_view_remove)
+        self.view.sig_view_update.connect(self._sig_view_update)
+        self.view.sig_view_refresh.connect(self._sig_view_refresh)
+        self.addons.add(self.view, RedactedExports(self))
         # Our handlers are matched before mitmweb's own (tornado tries host rules in order).
         self.app.add_handlers(r".*$", _OVERRIDES)
         opts.update(web_columns=WEB_COLUMNS)
@@ -340,4 +439,5 @@ class WebUi:
             redact_headers_in_place(flow.request.headers)
 
 
-__all__ = ["DEFAULT_MAX_FLOWS", "AigwWebMaster", "WebUi", "comment_for", "redact_flow_json", "redacted_copy"]
+__all__ = ["DEFAULT_MAX_FLOWS", "AigwWebMaster", "OwnApiHidingView", "RedactedExports", "WebUi", "comment_for",
+           "is_own_api", "redact_flow_json", "redacted_copy"]
