@@ -25,6 +25,7 @@ from typing import Any
 
 from bench_lib import profile, recorder, report
 from bench_lib.common import rounded
+from bench_lib.otlp_sink import OtlpSink
 from bench_lib.procs import Proc, Sampler, machine_busy_seconds, rss_bytes
 from bench_lib.systems import (
     PY,
@@ -45,7 +46,7 @@ from bench_lib.systems import (
 from bench_lib.tlsgen import make_upstream_certs
 
 APIS = ("anthropic", "openai")
-ORDER = ("direct", "mitmproxy", "aigw", "peer")
+ORDER = ("direct", "mitmproxy", "aigw", "aigw+otel", "peer")  # aigw+otel: only with --otel
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Bench:
         self.up: Upstream | None = None
         self.runs: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
+        self.otlp: OtlpSink | None = None
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -187,6 +189,14 @@ class Bench:
             except Exception as e:
                 self.unavailable[name] = f"{type(e).__name__}: {e}"
                 log(f"{name} could not start: {e}")
+        if self.args.otel:
+            self.otlp = OtlpSink().start()
+            try:
+                self.systems["aigw+otel"] = start_aigw(self.work, up, "aigw+otel", self.otlp.url)
+                log(f"aigw+otel on 127.0.0.1:{self.systems['aigw+otel'].port} (OTLP to {self.otlp.url})")
+            except Exception as e:
+                self.unavailable["aigw+otel"] = f"{type(e).__name__}: {e}"
+                log(f"aigw+otel could not start: {e}")
         if peer_thread is not None:
             peer_thread.join()
             if "system" in peer_box:
@@ -221,6 +231,9 @@ class Bench:
                 log(f"stopping {sysm.name}: {e}")
         if self.up is not None:
             self.up.proc.stop()
+        if self.otlp is not None:  # after the gateways: their last exports arrive while they stop
+            self.results["otel_received"] = self.otlp.stats()
+            self.otlp.stop()
 
     # -- scenarios ------------------------------------------------------------------
 
@@ -514,6 +527,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--systems", default=",".join(ORDER), help="comma-separated subset of " + ",".join(ORDER))
     ap.add_argument("--profile", action="store_true", help="py-spy the aigw and mitmproxy hot paths (extra runs)")
     ap.add_argument("--soak-peer", action="store_true", help="also soak the peer (slow)")
+    ap.add_argument("--otel", action="store_true", help="also measure aigw with OpenTelemetry export on "
+                    "('aigw+otel', to an in-process OTLP receiver) in scenarios 1-3")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, databases)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="before measuring, wait up to this long for other processes to leave the CPUs idle")

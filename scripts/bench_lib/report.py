@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-SYSTEMS = ("direct", "mitmproxy", "aigw", "peer")
-RATIOS = (("aigw", "mitmproxy"), ("aigw", "direct"), ("aigw", "peer"))
+OTEL = "aigw+otel"  # only with --otel: the cost of OpenTelemetry export
+SYSTEMS = ("direct", "mitmproxy", "aigw", OTEL, "peer")
+RATIOS = (("aigw", "mitmproxy"), ("aigw", "direct"), ("aigw", "peer"), (OTEL, "aigw"))
 
 
 def _get(run: dict[str, Any], path: str) -> Any:
@@ -221,16 +222,18 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in sc["params"].items()))
             if "availability" in sc:
                 lines.append("     availability: " + ", ".join(f"{k}: {v}" for k, v in sc["availability"].items()))
-    head = f"{'scenario':18s} {'case':26s} {'metric':20s}" + "".join(f"{s:>10s}" for s in SYSTEMS) + \
-        "".join(f"{a + '/' + b:>16s}" for a, b in RATIOS)
+    systems = [s for s in SYSTEMS if s != OTEL or OTEL in doc["systems"]]
+    ratios = [r for r in RATIOS if OTEL not in r or OTEL in doc["systems"]]
+    head = f"{'scenario':18s} {'case':26s} {'metric':20s}" + "".join(f"{s:>10s}" for s in systems) + \
+        "".join(f"{a + '/' + b:>16s}" for a, b in ratios)
     lines.append("")
     lines.append(head)
     lines.append("-" * len(head))
     for row in doc["table"]:
         vals = row["values"]
         line = f"{row['scenario']:18s} {row['case'][:26]:26s} {row['metric']:20s}"
-        line += "".join(f"{_fmt(vals.get(s)):>10s}" for s in SYSTEMS)
-        line += "".join(f"{_fmt(row['ratios'].get(f'{a}/{b}')):>16s}" for a, b in RATIOS)
+        line += "".join(f"{_fmt(vals.get(s)):>10s}" for s in systems)
+        line += "".join(f"{_fmt(row['ratios'].get(f'{a}/{b}')):>16s}" for a, b in ratios)
         lines.append(line)
     lines.append("")
     lines.append("targets:")

@@ -36,7 +36,7 @@ TLS_HOSTS = {"anthropic": "127.0.0.2", "openai": "127.0.0.3"}
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CODER_", "AWS_", "LITELLM_"))
+           if not k.startswith(("CODER_", "AWS_", "LITELLM_", "OTEL_"))
            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
     env["NO_PROXY"] = "*"
     env["PYTHONPATH"] = str(SCRIPTS) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -231,11 +231,13 @@ def aigw_env(d: Path, up: Upstream, port: int) -> dict[str, str]:
     return env
 
 
-def start_aigw(work: Path, up: Upstream, name: str = "aigw") -> System:
+def start_aigw(work: Path, up: Upstream, name: str = "aigw", otel_endpoint: str | None = None) -> System:
     d = work / name
     (d / "data").mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = aigw_env(d, up, port)
+    if otel_endpoint is not None:  # "aigw+otel": the same gateway, exporting spans and metrics
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otel_endpoint
     created = subprocess.run([PY, "-m", "addons.cli", "keys", "create", "--user", "bench", "--json"], env=env,
                              cwd=d, capture_output=True, text=True, timeout=60)
     if created.returncode != 0:

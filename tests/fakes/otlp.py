@@ -172,10 +172,13 @@ class OtlpReceiver:
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "application/x-protobuf")
+                    self.send_header("content-length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):  # the exporter gave up waiting (slow collector)
+                    self.close_connection = True
 
         return Handler

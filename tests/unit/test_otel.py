@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -313,3 +316,11 @@ def test_prometheus_time_to_first_token_and_cost() -> None:
                                              {**labels, "initiator_id": user, "client": "Claude Code"}) == 0.5
     assert (metrics.REGISTRY.get_sample_value("coder_aibridged_time_to_first_token_seconds_bucket",
                                               {**labels, "le": "0.32"}) or 0) >= 1
+
+
+def test_a_gateway_without_otel_loads_none_of_the_sdk() -> None:
+    code = ("import sys, addons.cli, addons.gateway; "
+            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'addons.otel'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
