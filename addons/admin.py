@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,17 +22,21 @@ from mitmproxy import http
 from addons.analytics import snapshot_dir
 from addons.auth import Identity, KeyCache, presented_credential
 from addons.config import Settings, parse_duration
+from addons.governance import Governance
 from addons.providers.base import any_error
 from addons.recorder import Recorder
 from addons.report import render_report
 from addons.routing import RESERVED, is_gateway_request, json_response, split_gateway_path
 from addons.store import audit
+from addons.store import governance as governance_store
 from addons.store import keys as keystore
 from addons.store.prices import missing_prices
 from addons.store.query import QueryError, run_query
 from addons.store.snapshot import write_snapshot
 
 log = logging.getLogger("aigw.admin")
+
+ANALYST_THREADS = 2
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, error_type: str) -> None:
@@ -53,10 +58,18 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class AdminApi:
-    def __init__(self, settings: Settings, recorder: Recorder, keys: KeyCache) -> None:
+    def __init__(self, settings: Settings, recorder: Recorder, keys: KeyCache,
+                 governance: Governance | None = None) -> None:
         self.settings = settings
         self.recorder = recorder
         self.keys = keys
+        self.governance = governance  # told about every change of limits, groups and budgets
+        # Analysts' reads (lists, sessions, report) get their own threads: a burst of slow ones
+        # waits its turn here instead of taking the default executor from the writer's callers.
+        self.analysts = ThreadPoolExecutor(ANALYST_THREADS, thread_name_prefix="aigw-analyst")
+
+    def done(self) -> None:
+        self.analysts.shutdown(wait=False, cancel_futures=True)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not is_gateway_request(flow):
@@ -120,18 +133,26 @@ class AdminApi:
             except Exception as e:
                 raise ApiError(400, str(e), "invalid_request_error") from None
             admin = bool(body.get("admin"))
-            try:
-                info, secret = await self.on_writer(
-                    lambda conn: keystore.create_key(conn, user, admin=admin, expires=expires))
-            except ValueError as e:
-                raise ApiError(400, str(e), "invalid_request_error") from None
+            limits = {k: body[k] for k in governance_store.KEY_FIELDS if body.get(k) is not None}
+
+            def create(conn: Any) -> tuple[keystore.KeyInfo, str]:
+                for name, value in limits.items():  # validated before anything is written
+                    governance_store.parse_field(name, value)
+                info, secret = keystore.create_key(conn, user, admin=admin, expires=expires)
+                if limits:
+                    governance_store.set_key(conn, info.id, limits)
+                return info, secret
+
+            info, secret = await self.changing(create)
             await self.reload_keys()
-            return 201, {**key_json(info), "key": secret}
+            return 201, {**key_json(info), **limits, "key": secret}
+        if rest.startswith("/") and method == "PATCH":
+            key_id = self.key_id(rest[1:])
+            changes = _json_body(flow)
+            await self.changing(lambda conn: governance_store.set_key(conn, key_id, changes))
+            return 200, {"id": key_id, **changes}
         if rest.startswith("/") and method == "DELETE":
-            try:
-                key_id = keystore.key_id_from(rest[1:])
-            except ValueError as e:
-                raise ApiError(400, str(e), "invalid_request_error") from None
+            key_id = self.key_id(rest[1:])
             revoked = await self.on_writer(lambda conn: keystore.revoke_key(conn, key_id))
             if not revoked:
                 raise ApiError(404, f"no active key {key_id!r}", "not_found_error")
@@ -153,7 +174,7 @@ class AdminApi:
                 cursor.close()
 
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.get_running_loop().run_in_executor(self.analysts, run)
         except ValueError as e:
             raise ApiError(400, str(e), "invalid_request_error") from None
 
@@ -198,9 +219,69 @@ class AdminApi:
         f, limit = self.filters(flow, identity), self.limit(flow)
         return 200, {"sessions": await self.read(lambda c: audit.list_sessions(c, f, limit))}
 
+    @staticmethod
+    def key_id(text: str) -> str:
+        try:
+            return keystore.key_id_from(text)
+        except ValueError as e:
+            raise ApiError(400, str(e), "invalid_request_error") from None
+
+    async def changing(self, fn: Any) -> Any:
+        """A change of keys, limits, groups or budgets on the writer thread; the policy in force follows."""
+        try:
+            result = await self.on_writer(fn)
+        except ValueError as e:
+            raise ApiError(400, str(e), "invalid_request_error") from None
+        except LookupError as e:
+            raise ApiError(404, str(e.args[0]), "not_found_error") from None
+        if self.governance is not None:
+            self.governance.replace_policy(await self.on_writer(governance_store.load_policy))
+        return result
+
+    async def api_governance(self, flow: http.HTTPFlow, rest: str) -> tuple[int, Any] | None:
+        """`admin/users…`, `admin/groups…`, `admin/budgets`: who may spend and send how much."""
+        method, parts = flow.request.method, [p for p in rest.split("/") if p]
+        g = governance_store
+        match parts, method:
+            case ["users"], "GET":
+                return 200, await self.read(g.list_users)
+            case ["users", user], "PUT" | "PATCH":
+                changes = _json_body(flow)
+                await self.changing(lambda conn: g.set_user(conn, user, changes, create=True))
+                return 200, {"user": user, **changes}
+            case ["users", user, "groups"], "POST":
+                group = _json_body(flow).get("group")
+                await self.changing(lambda conn: g.add_member(conn, user, str(group)))
+                return 200, {"user": user, "group": group}
+            case ["users", user, "groups", group], "DELETE":
+                await self.changing(lambda conn: g.remove_member(conn, user, group))
+                return 200, {"user": user, "group": group, "removed": True}
+            case ["groups"], "GET":
+                return 200, await self.read(g.list_groups)
+            case ["groups"], "POST":
+                body = _json_body(flow)
+                name = str(body.pop("name", ""))
+                await self.changing(lambda conn: g.create_group(conn, name, body))
+                return 201, {"group": name, **body}
+            case ["groups", name], "PUT" | "PATCH":
+                changes = _json_body(flow)
+                await self.changing(lambda conn: g.set_group(conn, name, changes))
+                return 200, {"group": name, **changes}
+            case ["groups", name], "DELETE":
+                await self.changing(lambda conn: g.delete_group(conn, name))
+                return 200, {"group": name, "deleted": True}
+            case ["budgets"], "GET":
+                gov = self.settings.governance
+                return 200, await self.read(lambda c: g.budgets(c, gov.budget_policy, gov.budget_period))
+        return None
+
     async def api_admin(self, flow: http.HTTPFlow, identity: Identity, rest: str) -> tuple[int, Any]:
         """Operator actions the CLI needs while the gateway owns the database."""
         self.require_admin(identity)
+        if rest.startswith(("/users", "/groups", "/budgets")):
+            answer = await self.api_governance(flow, rest)
+            if answer is not None:
+                return answer
         if rest == "/snapshot" and flow.request.method == "POST":
             path = await self.read(lambda c: write_snapshot(c, snapshot_dir(self.settings)))
             return 200, {"snapshot": str(path)}

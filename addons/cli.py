@@ -55,6 +55,8 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from addons import cli_governance  # it builds on this module's helpers
+
     parser = argparse.ArgumentParser(prog="aigw", description="An AI gateway for coding agents, on mitmproxy.")
     parser.add_argument("--version", action="version", version=f"aigw {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
@@ -85,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", action="store_true", help="may manage keys and query all data")
     p.add_argument("--expires", metavar="DUR", help="lifetime, e.g. 90d or 720h")
     p.add_argument("--json", action="store_true")
+    cli_governance.add_limit_arguments(p)
     p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser("set", help="change a key's limits and allowed models")
+    config.add_arguments(p)
+    p.add_argument("key", metavar="ID_OR_KEY", help="the key's id (aigw_…) or the whole key")
+    cli_governance.add_limit_arguments(p)
+    p.set_defaults(func=cmd_keys_set)
     p = keys.add_parser("list", help="list keys (never the secrets)")
     config.add_arguments(p)
     p.add_argument("--json", action="store_true")
@@ -94,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(p)
     p.add_argument("key", metavar="ID_OR_KEY", help="the key's id (aigw_…) or the whole key")
     p.set_defaults(func=cmd_keys_revoke)
+
+    cli_governance.register(sub, config.add_arguments)
 
     p = command("query", cmd_query, "read-only SQL over the recorded data")
     p.add_argument("sql")
@@ -272,15 +282,22 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
     expires = config.parse_duration(args.expires, "--expires", "never expires") if args.expires else None
 
+    from addons import cli_governance
+    from addons.store import governance as governance_store
+
+    limits = cli_governance.limit_changes(args)
+
     def local(conn: Any) -> dict[str, Any]:
         try:
             info, secret = keystore.create_key(conn, args.user, admin=args.admin, expires=expires)
         except ValueError as e:
             fail(str(e))
+        if limits:
+            governance_store.set_key(conn, info.id, limits)
         return {**key_json(info), "key": secret}
 
     created = with_store(settings, lambda gw: runtime.call(gw, "POST", "/api/v2/aibridge/keys", {
-        "user": args.user, "admin": args.admin, "expires": args.expires}), local, create=True)
+        "user": args.user, "admin": args.admin, "expires": args.expires, **limits}), local, create=True)
     if args.json:
         print(json.dumps({"id": created["id"], "user": created["user"], "key": created["key"],
                           "admin": created["admin"], "expires_at": created["expires_at"]}))
@@ -288,6 +305,24 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         print(f"Created key {created['id']} for {created['user']}{' (admin)' if created['admin'] else ''}.")
         print("Store it now; it is not shown again:\n")
         print(f"  {created['key']}\n")
+    return 0
+
+
+def cmd_keys_set(args: argparse.Namespace, settings: Settings) -> int:
+    from addons import cli_governance
+    from addons.store import governance as governance_store
+    from addons.store import keys as keystore
+
+    try:
+        key_id = keystore.key_id_from(args.key)
+    except ValueError as e:
+        fail(str(e))
+    changes = cli_governance.limit_changes(args)
+    if not changes:
+        fail("nothing to set: name at least one of --rpm, --tpm, --max-streams, --models")
+    cli_governance.change(settings, "PATCH", f"/api/v2/aibridge/keys/{key_id}", changes,
+                          lambda conn: governance_store.set_key(conn, key_id, changes), admin_prefix=False)
+    print(f"key {key_id}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
     return 0
 
 
@@ -438,8 +473,12 @@ def read_store(settings: Settings, remote: Callable[[runtime.RunningGateway], An
 
     if not settings.db.exists():
         fail(no_database(settings))
+    # DuckDB would take up to 80% of RAM and every core; an analyst's laptop must stay usable.
+    limits: dict[str, Any] = {"memory_limit": f"{settings.analytics_memory_limit}B"}
+    if settings.analytics_threads is not None:
+        limits["threads"] = settings.analytics_threads
     try:
-        conn = db.connect(settings.db, read_only=True)
+        conn = db.connect(settings.db, read_only=True, limits=limits)
     except (db.DatabaseLockedError, duckdb.Error) as e:
         fail(str(e))
     try:
@@ -612,9 +651,9 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
     for instance in settings.instances:
         print(json.dumps(instance.masked(), default=str))
         if instance.bedrock is not None:
-            print(f"{instance.name}: Bedrock model {bedrock_model_text(instance.bedrock.model, DEFAULT_BEDROCK_MODEL)}, "
-                  "small-fast model "
-                  f"{bedrock_model_text(instance.bedrock.small_fast_model, DEFAULT_BEDROCK_SMALL_FAST_MODEL)}")
+            model = bedrock_model_text(instance.bedrock.model, DEFAULT_BEDROCK_MODEL)
+            small = bedrock_model_text(instance.bedrock.small_fast_model, DEFAULT_BEDROCK_SMALL_FAST_MODEL)
+            print(f"{instance.name}: Bedrock model {model}, small-fast model {small}")
     from addons.proxy_policy import build_host_map, describe_host_map
 
     print("\n".join(describe_host_map(build_host_map(settings))))

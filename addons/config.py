@@ -80,6 +80,7 @@ DEFAULT_IDLE_TIMEOUT = 300.0  # seconds
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_ANALYTICS_MEMORY_LIMIT = 1024**3  # DuckDB's own default is 80% of RAM
 # Shipped inside the package so a wheel install has it; config/prices.yaml in a checkout links to it.
 DEFAULT_PRICES_FILE = Path(__file__).resolve().parent / "prices.yaml"
 DEFAULT_HOME = Home(Path("."), "the current directory")  # what load() replaces; for Settings built in code
@@ -214,6 +215,8 @@ class Settings:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE  # request bodies, bytes
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # names + values of all request headers
+    analytics_memory_limit: int = DEFAULT_ANALYTICS_MEMORY_LIMIT  # bytes, CLI reads of the database
+    analytics_threads: int | None = None  # None: one per CPU
     governance: GovernanceSettings = DEFAULT_GOVERNANCE  # limits and budgets (addons/governance.py)
     config_file: Path | None = None
     home: Home = DEFAULT_HOME  # holds data/ and certs/ (addons/home.py)
@@ -413,6 +416,21 @@ _OPTIONS = (
         "CODER_AIBRIDGE_MAX_HEADER_COUNT",
         "--aibridge-max-header-count",
         f"most request headers accepted (default {DEFAULT_MAX_HEADER_COUNT}; more: 431)",
+        metavar="N",
+    ),
+    _Opt(
+        "analytics_memory_limit",
+        "CODER_AIBRIDGE_ANALYTICS_MEMORY_LIMIT",
+        "--aibridge-analytics-memory-limit",
+        "DuckDB memory limit of the analysts' CLI commands on the database, e.g. 512MiB (default 1GiB; "
+        "larger intermediates spill to disk)",
+        metavar="SIZE",
+    ),
+    _Opt(
+        "analytics_threads",
+        "CODER_AIBRIDGE_ANALYTICS_THREADS",
+        "--aibridge-analytics-threads",
+        "DuckDB threads of the analysts' CLI commands on the database (default: one per CPU)",
         metavar="N",
     ),
     _Opt(
@@ -823,6 +841,8 @@ class _YamlSection(_YamlModel):
     max_body_size: _Scalar = None
     max_header_count: _Scalar = None
     max_header_bytes: _Scalar = None
+    analytics_memory_limit: _Scalar = None
+    analytics_threads: _Scalar = None
     max_concurrency: _Scalar = None
     rate_limit: _Scalar = None
     default_rpm: _Scalar = None
@@ -1199,6 +1219,8 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         otel_propagate_upstream=value("otel_propagate_upstream", _parse_bool, False),
         max_body_size=value("max_body_size", _parse_size, DEFAULT_MAX_BODY_SIZE),
         max_header_count=value("max_header_count", _parse_count, DEFAULT_MAX_HEADER_COUNT),
+        analytics_memory_limit=value("analytics_memory_limit", _parse_size, DEFAULT_ANALYTICS_MEMORY_LIMIT),
+        analytics_threads=value("analytics_threads", _parse_count, None),
         max_header_bytes=value("max_header_bytes", _parse_size, DEFAULT_MAX_HEADER_BYTES),
         governance=_governance(value),
         config_file=config_file,

@@ -4,9 +4,10 @@ One file, no JavaScript, no network: inline CSS and SVG charts drawn here.
 Hover tooltips come from SVG <title> elements. Every chart is followed by, or
 summarised in, a table with the exact numbers.
 
-Data is read straight from the base tables for the window [since, now) (via the
-same per-interception SQL as the `aibridge_interceptions_v` view), so the
-report also works on a read-only database where the views were never created.
+Data comes from the daily rollup for closed days and from the base tables for
+the rest of the window [since, now) (addons/store/rollup.py), with the same
+per-interception rules as the `aibridge_interceptions_v` view, so the report
+also works on a read-only database where the views were never created.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from addons.store.views import interception_facts_sql
+from addons.store.rollup import usage_window
 
 __all__ = ["render_report"]
 
@@ -60,23 +61,19 @@ class _Data:
 
 def _query(conn: duckdb.DuckDBPyConnection, since: datetime, now: datetime) -> _Data:
     cur = conn.cursor()
-    # The window's facts, computed once for every section below (one consistent set of rows); the
-    # temporary table belongs to this cursor's connection and goes with it.
-    cur.execute(f"""
-        CREATE TEMP TABLE f AS
-        WITH sel AS (SELECT * FROM aibridge_interceptions WHERE started_at >= ? AND started_at < ?),
-        facts AS ({interception_facts_sql("sel", restrict=True)})
-        SELECT * FROM facts
-    """, [since, now])
+    # The window's usage per (day, user, instance, model, client), its sessions and tool calls, from
+    # the daily rollup plus the base tables for what is not rolled up (addons/store/rollup.py); the
+    # temporary tables belong to this cursor's connection and go with it.
+    usage_window(cur, since, now)
 
     def rows(select: str) -> list[dict[str, Any]]:
         c = cur.execute(select)
         names = [d[0] for d in c.description or ()]
         return [dict(zip(names, r, strict=True)) for r in c.fetchall()]
 
-    sums = """count(*) AS requests,
-        count(*) FILTER (WHERE status = 'failed') AS failed,
-        count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+    sums = """COALESCE(sum(requests), 0)::BIGINT AS requests,
+        COALESCE(sum(failed), 0)::BIGINT AS failed,
+        COALESCE(sum(cancelled), 0)::BIGINT AS cancelled,
         COALESCE(sum(input_tokens), 0)::BIGINT AS input_tokens,
         COALESCE(sum(output_tokens), 0)::BIGINT AS output_tokens,
         COALESCE(sum(cache_read_tokens), 0)::BIGINT AS cache_read_tokens,
@@ -86,37 +83,47 @@ def _query(conn: duckdb.DuckDBPyConnection, since: datetime, now: datetime) -> _
         COALESCE(sum(unpriced_responses), 0)::BIGINT AS unpriced_responses,
         COALESCE(sum(tool_calls), 0)::BIGINT AS tool_calls,
         COALESCE(sum(tool_errors), 0)::BIGINT AS tool_errors,
-        count(DISTINCT initiator_id) AS users,
-        count(DISTINCT session_id) AS sessions"""
+        count(DISTINCT initiator_id) AS users"""
+    user_name = "COALESCE(u.name, x.initiator_id::VARCHAR)"
+    totals = rows(f"SELECT {sums} FROM _usage")[0]
+    totals["sessions"] = rows("SELECT count(DISTINCT session_id) AS n FROM _sessions")[0]["n"]
+    sessions_by_user = {
+        r["name"]: r["n"]
+        for r in rows(
+            f"SELECT {user_name} AS name, count(DISTINCT session_id) AS n "
+            "FROM _sessions x LEFT JOIN users u ON u.id = x.initiator_id GROUP BY ALL"
+        )
+    }
+    by_user = rows(
+        f"SELECT {user_name} AS name, {sums} FROM _usage x LEFT JOIN users u ON u.id = x.initiator_id "
+        "GROUP BY ALL ORDER BY cost_usd DESC NULLS LAST, total_tokens DESC, name"
+    )
+    for r in by_user:
+        r["sessions"] = sessions_by_user.get(r["name"], 0)
     data = _Data(
         since=since,
         now=now,
-        totals=rows(f"SELECT {sums} FROM f")[0],
+        totals=totals,
         by_day_model=rows(
             "SELECT day, COALESCE(model, '(unknown)') AS model, sum(total_tokens)::BIGINT AS tokens, "
-            "COALESCE(sum(cost_usd), 0) AS cost FROM f GROUP BY ALL"
+            "COALESCE(sum(cost_usd), 0) AS cost FROM _usage GROUP BY ALL"
         ),
-        by_day=rows(f"SELECT day, {sums} FROM f GROUP BY day ORDER BY day"),
+        by_day=rows(f"SELECT day, {sums} FROM _usage GROUP BY day ORDER BY day"),
         by_model=rows(
             f"SELECT COALESCE(model, '(unknown)') AS model, "
             f"string_agg(DISTINCT provider_name, ', ' ORDER BY provider_name) AS instances, {sums} "
-            "FROM f GROUP BY ALL ORDER BY total_tokens DESC, model"
+            "FROM _usage GROUP BY ALL ORDER BY total_tokens DESC, model"
         ),
-        by_user=rows(
-            f"SELECT COALESCE(user_name, initiator_id::VARCHAR) AS name, {sums} "
-            "FROM f GROUP BY ALL ORDER BY cost_usd DESC NULLS LAST, total_tokens DESC, name"
-        ),
-        by_client=rows(f"SELECT client AS name, {sums} FROM f GROUP BY ALL ORDER BY requests DESC, name"),
+        by_user=by_user,
+        by_client=rows(f"SELECT client AS name, {sums} FROM _usage GROUP BY ALL ORDER BY requests DESC, name"),
         tools=rows(
-            "SELECT t.tool, count(*) AS calls, count(t.invocation_error) AS errors, "
-            "count(*) FILTER (WHERE t.server_url IS NOT NULL) AS mcp_calls, "
-            "count(DISTINCT f.client) AS clients "
-            "FROM aibridge_tool_usages t JOIN f ON f.id = t.interception_id "
-            "GROUP BY t.tool ORDER BY calls DESC, t.tool"
+            "SELECT tool, sum(calls)::BIGINT AS calls, sum(errors)::BIGINT AS errors, "
+            "sum(mcp_calls)::BIGINT AS mcp_calls, count(DISTINCT client) AS clients "
+            "FROM _tools GROUP BY tool ORDER BY calls DESC, tool"
         ),
         unpriced=rows(
-            "SELECT provider, COALESCE(model, '(unknown)') AS model, count(*) AS requests, "
-            "sum(total_tokens)::BIGINT AS tokens FROM f WHERE unpriced_responses > 0 "
+            "SELECT provider, COALESCE(model, '(unknown)') AS model, sum(unpriced_requests)::BIGINT AS requests, "
+            "sum(unpriced_tokens)::BIGINT AS tokens FROM _usage WHERE unpriced_requests > 0 "
             "GROUP BY ALL ORDER BY tokens DESC"
         ),
     )
@@ -639,7 +646,11 @@ def render_report(conn: duckdb.DuckDBPyConnection, since: datetime, now: datetim
     """The whole report for started_at in [since, now) as one self-contained HTML document."""
     since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
     now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    data = _query(conn, since, now)
+    return _render(_query(conn, since, now))
+
+
+def _render(data: _Data) -> str:
+    since, now = data.since, data.now
     _bucket_days(data)
     period = f"{since:%Y-%m-%d %H:%M} → {now:%Y-%m-%d %H:%M} UTC"
     body = "".join(

@@ -173,7 +173,7 @@ def build_filters(
 
 
 def _where(f: Filters) -> tuple[list[str], list[Any]]:
-    """SQL conditions over `i` (aibridge_interceptions) and `u` (users)."""
+    """SQL conditions over `i` (aibridge_interceptions); no join, so a page can be cut before any."""
     cond: list[str] = []
     params: list[Any] = []
 
@@ -182,7 +182,7 @@ def _where(f: Filters) -> tuple[list[str], list[Any]]:
         params.extend(values)
 
     if f.user is not None:
-        add("u.name = ?", f.user)
+        add("i.initiator_id IN (SELECT id FROM users WHERE name = ?)", f.user)
     if f.provider is not None:
         add("(i.provider_name = ? OR i.provider = ?)", f.provider, f.provider)
     if f.model is not None:
@@ -268,8 +268,7 @@ def list_interceptions(
     where = f"WHERE {' AND '.join(cond)}" if cond else ""
     sql = f"""
         WITH page AS (
-            SELECT i.* FROM aibridge_interceptions i LEFT JOIN users u ON u.id = i.initiator_id
-            {where}
+            SELECT i.* FROM aibridge_interceptions i {where}
             ORDER BY i.started_at DESC, i.id DESC
             LIMIT ?
         )
@@ -327,21 +326,72 @@ def list_sessions(conn: duckdb.DuckDBPyConnection, f: Filters, limit: int = 50) 
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
     cond, params = _where(f)
     where = f"WHERE {' AND '.join(cond)}" if cond else ""
+    cur = conn.cursor()
+    keys, initiators = _recent_sessions(cur, where, params, limit)
+    if not keys:
+        return []
+    # Only the interceptions of those sessions are summarised (with their children): a prefilter
+    # the scan can apply column by column, then the exact session key.
     sql = f"""
-        WITH sel AS (
-            SELECT i.* FROM aibridge_interceptions i LEFT JOIN users u ON u.id = i.initiator_id {where}
+        WITH top AS (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::UUID[]) AS initiator_id),
+        sel AS MATERIALIZED (
+            SELECT i.* FROM aibridge_interceptions i
+            SEMI JOIN top t ON t.session_id = {_I_SESSION_ID} AND t.initiator_id = i.initiator_id
+            {where} {"AND" if cond else "WHERE"} (i.client_session_id IN (SELECT session_id FROM top)
+                OR i.thread_root_id IN (SELECT TRY_CAST(session_id AS UUID) FROM top)
+                OR i.id IN (SELECT TRY_CAST(session_id AS UUID) FROM top))
         ),
         facts AS ({interception_facts_sql("sel", restrict=True)})
         SELECT {_TS_REPLACE} FROM ({session_summary_sql("facts")})
         ORDER BY ended_at DESC, session_id DESC
         LIMIT ?
     """
-    rows = _dicts(conn.cursor().execute(sql, [*params, limit]))
+    rows = _dicts(cur.execute(sql, [keys, initiators, *params, limit]))
     out = []
     for r in rows:
         r["user"] = r.pop("user_name")
         out.append({k: _jsonable(r[k]) for k in _SESSION_FIELDS})
     return out
+
+
+_I_SESSION_ID = "COALESCE(i.client_session_id, i.thread_root_id::VARCHAR, i.id::VARCHAR)"
+
+
+def _recent_sessions(
+    cur: duckdb.DuckDBPyConnection, where: str, params: list[Any], limit: int
+) -> tuple[list[str], list[str]]:
+    """(session ids, initiator ids) of the `limit` most recently active sessions, in list order.
+
+    A session's last activity is the latest COALESCE(ended_at, started_at) of its
+    interceptions, so every session active at or after the K-th most recent
+    activity has an interception among those K. Once those interceptions hold
+    `limit` sessions, they hold the `limit` most recent ones: grouping them is
+    exact, without computing a session key for every row of the table.
+    """
+    k = limit * 40
+    while True:
+        rows = cur.execute(
+            f"""
+            WITH f AS (
+                SELECT i.id, i.initiator_id, i.client_session_id, i.thread_root_id,
+                       COALESCE(i.ended_at, i.started_at) AS active
+                FROM aibridge_interceptions i {where}
+            ),
+            cut AS (SELECT active FROM f ORDER BY active DESC LIMIT 1 OFFSET ?),
+            recent AS (
+                SELECT {_I_SESSION_ID} AS session_id, i.initiator_id, max(i.active) AS last
+                FROM f i WHERE i.active >= (SELECT COALESCE(max(active), '-infinity'::TIMESTAMPTZ) FROM cut)
+                GROUP BY ALL
+            )
+            SELECT session_id, initiator_id::VARCHAR, (SELECT count(*) FROM cut) AS cut, count(*) OVER () AS n
+            FROM recent ORDER BY last DESC, session_id DESC LIMIT ?
+            """,
+            [*params, k - 1, limit],
+        ).fetchall()
+        # Enough sessions, or the cut was below the oldest interception (so every one was grouped).
+        if not rows or rows[0][3] >= limit or rows[0][2] == 0:
+            return [r[0] for r in rows], [r[1] for r in rows]
+        k *= 8
 
 
 # --------------------------------------------------------------------------- children

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -61,9 +62,10 @@ def _locked_error(path: Path, exc: duckdb.Error) -> DatabaseLockedError | None:
     return DatabaseLockedError(path, pid, _cmdline(pid) if pid is not None else None)
 
 
-def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, read_only: bool, limits: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
     # A read-only connection only ever reads this file: no SQL on it may touch others (see lock_down).
     config = {"enable_external_access": False, "lock_configuration": True} if read_only else {}
+    config.update(limits or {})  # set at open: the configuration is locked afterwards
     try:
         return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as exc:
@@ -73,12 +75,15 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise
 
 
-def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path, *, read_only: bool = False, limits: dict[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open the database at `path`.
 
     Write mode creates the parent directory (0700) and the file (0600), applies
     the schema idempotently and records its version. Read-only mode never
-    creates or migrates anything.
+    creates or migrates anything. `limits` are DuckDB settings such as
+    memory_limit and threads.
     """
     path = Path(path)
     if read_only:
@@ -86,7 +91,7 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
             raise FileNotFoundError(
                 f"database {path} does not exist (start the gateway once, or point --aibridge-db at it)"
             )
-        return _open(path, read_only=True)
+        return _open(path, read_only=True, limits=limits)
 
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -95,7 +100,7 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     # stricter, for a few milliseconds at start-up.)
     old_umask = os.umask(0o077)
     try:
-        conn = _open(path, read_only=False)
+        conn = _open(path, read_only=False, limits=limits)
         try:
             _migrate(conn)
         except BaseException:

@@ -95,6 +95,94 @@ DDL: tuple[str, ...] = (
         version INTEGER NOT NULL
     )
     """,
+    # Governance (addons/store/governance.py): limits, budgets and model allowlists.
+    # NULL everywhere means "not set here" (fall back to the group or the gateway's defaults).
+    """
+    CREATE TABLE IF NOT EXISTS aigw_groups (
+        name        VARCHAR PRIMARY KEY,
+        budget_usd  DOUBLE,            -- per member and budget period
+        models      VARCHAR,           -- comma-separated glob allowlist
+        created_at  TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS aigw_group_members (
+        group_name  VARCHAR NOT NULL,
+        user_id     UUID NOT NULL,
+        added_at    TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (group_name, user_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS aigw_user_limits (
+        user_id      UUID PRIMARY KEY,
+        budget_usd   DOUBLE,           -- overrides the groups' budgets
+        rpm          INTEGER,
+        tpm          BIGINT,
+        max_streams  INTEGER,
+        models       VARCHAR,
+        updated_at   TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS aigw_key_limits (
+        key_id       VARCHAR PRIMARY KEY,
+        rpm          INTEGER,
+        tpm          BIGINT,
+        max_streams  INTEGER,
+        models       VARCHAR
+    )
+    """,
+    # Daily rollup for the report (addons/store/rollup.py): derived data, rebuilt from the
+    # tables above whenever a day's interception count no longer matches.
+    """
+    CREATE TABLE IF NOT EXISTS aigw_rollup_days (
+        day            DATE NOT NULL,
+        interceptions  BIGINT NOT NULL,  -- count when rolled up; a mismatch means stale
+        built_at       TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS aigw_rollup_usage (
+        day                 DATE NOT NULL,
+        initiator_id        UUID NOT NULL,
+        provider            VARCHAR NOT NULL,
+        provider_name       VARCHAR NOT NULL,
+        model               VARCHAR,
+        client              VARCHAR NOT NULL,
+        requests            BIGINT NOT NULL,
+        failed              BIGINT NOT NULL,
+        cancelled           BIGINT NOT NULL,
+        input_tokens        BIGINT NOT NULL,
+        output_tokens       BIGINT NOT NULL,
+        cache_read_tokens   BIGINT NOT NULL,
+        cache_write_tokens  BIGINT NOT NULL,
+        total_tokens        BIGINT NOT NULL,
+        cost_usd            DOUBLE,
+        unpriced_responses  BIGINT NOT NULL,
+        unpriced_requests   BIGINT NOT NULL,
+        unpriced_tokens     BIGINT NOT NULL,
+        tool_calls          BIGINT NOT NULL,
+        tool_errors         BIGINT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS aigw_rollup_sessions (
+        day           DATE NOT NULL,
+        initiator_id  UUID NOT NULL,
+        session_id    VARCHAR NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS aigw_rollup_tools (
+        day        DATE NOT NULL,
+        tool       VARCHAR NOT NULL,
+        client     VARCHAR NOT NULL,
+        calls      BIGINT NOT NULL,
+        errors     BIGINT NOT NULL,
+        mcp_calls  BIGINT NOT NULL
+    )
+    """,
 )
 
 # Tables whose rows belong to one interception (retention deletes them together).

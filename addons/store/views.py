@@ -17,7 +17,22 @@ from __future__ import annotations
 
 import duckdb
 
-__all__ = ["VIEWS", "VIEW_NAMES", "create_views", "interception_facts_sql", "session_summary_sql"]
+__all__ = [
+    "SESSION_ID", "VIEWS", "VIEW_NAMES", "create_views", "interception_facts_sql", "session_summary_sql", "utc_day",
+]
+
+# A session is the client's session id, else the thread's root, else the interception itself.
+SESSION_ID = "COALESCE(client_session_id, thread_root_id::VARCHAR, id::VARCHAR)"
+
+
+def utc_day(column: str) -> str:
+    """The UTC calendar day of a TIMESTAMPTZ column, whatever the session TimeZone.
+
+    Same value as CAST(timezone('UTC', col) AS DATE) at a tenth of its cost: that
+    goes through an ICU calendar per row, this reads the stored epoch microseconds.
+    """
+    return f"CAST(make_timestamp(epoch_us({column})) AS DATE)"
+
 
 # Reasoning counters are informational (already inside output_tokens); the wire
 # parsers use one of these metadata keys depending on the provider.
@@ -43,7 +58,7 @@ def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: 
         COALESCE(i.client_session_id, i.thread_root_id::VARCHAR, i.id::VARCHAR) AS session_id,
         i.credential_kind, i.credential_hint,
         i.started_at, i.ended_at, i.status, i.metadata,
-        CAST(timezone('UTC', i.started_at) AS DATE) AS day,
+        {utc_day("i.started_at")} AS day,
         date_diff('millisecond', i.started_at, i.ended_at) AS duration_ms,
         COALESCE(t.responses, 0) AS responses,
         COALESCE(t.input_tokens, 0) AS input_tokens,
@@ -156,11 +171,11 @@ FROM aibridge_interceptions_v
 GROUP BY ALL
 """
 
-_TOOL_CALLS_V = """
+_TOOL_CALLS_V = f"""
 CREATE OR REPLACE VIEW aibridge_tool_calls_v AS
 SELECT
     tu.*,
-    CAST(timezone('UTC', tu.created_at) AS DATE) AS day,
+    {utc_day("tu.created_at")} AS day,
     tu.invocation_error IS NOT NULL AS failed,
     tu.server_url IS NOT NULL AS is_mcp,
     i.initiator_id, u.name AS user_name, i.client, i.provider, i.provider_name, i.model,
