@@ -368,7 +368,8 @@ class Interceptor:
         metadata.update(interception.metadata)
         flow.metadata["aigw_status"] = status
         self.record(InterceptionEnd(id=interception.id, ended_at=now, status=status, metadata=metadata,
-                                    first_chunk_at=interception.first_chunk_at))
+                                    first_chunk_at=interception.first_chunk_at,
+                                    finish_reasons=tuple(summary.finish_reasons) if summary else ()))
 
 
 def records_for(ctx: FlowContext, interception: Interception, summary: ResponseSummary | None,

@@ -342,6 +342,8 @@ class OtelSink:
                 attrs["gen_ai.response.time_to_first_chunk"] = _seconds(start.started_at, end.first_chunk_at)
         if isinstance(response_id := end.metadata.get("response_id"), str):
             attrs["gen_ai.response.id"] = response_id
+        if end.finish_reasons:
+            attrs["gen_ai.response.finish_reasons"] = end.finish_reasons
         if o.usage is not None:
             attrs.update(usage_attributes(o.usage))
             if self.price is not None and (usd := self.price(o.usage)) is not None:
@@ -360,7 +362,7 @@ class OtelSink:
         if isinstance(http_status := end.metadata.get("http_status"), int):
             attrs["http.response.status_code"] = http_status
         if self.capture_content:
-            attrs.update(self.content(o))
+            attrs.update(self.content(o, end))
         status = Status(StatusCode.UNSET)
         if end.status == "failed":
             status = Status(StatusCode.ERROR, self.redact(str(end.metadata.get("error") or "failed")))
@@ -385,7 +387,7 @@ class OtelSink:
             attrs["gen_ai.tool.call.arguments"] = self.redact(tool.input)
         return Event("gen_ai.tool.call", attrs, _nanos(tool.created_at))
 
-    def content(self, o: _Open) -> dict[str, str]:
+    def content(self, o: _Open, end: InterceptionEnd) -> dict[str, str]:
         """Opt-in message content (what aigw records: the last typed prompt, thoughts, tool calls)."""
         out: dict[str, str] = {}
         if o.prompt:
@@ -395,8 +397,9 @@ class OtelSink:
         parts += [{"type": "tool_call", "id": t.provider_tool_call_id, "name": t.tool, "arguments": _arguments(t.input)}
                   for t in o.tools]
         if parts:
+            reason = end.finish_reasons[0] if end.finish_reasons else "tool_call" if o.tools else "stop"
             out["gen_ai.output.messages"] = self.redact(_json(
-                [{"role": "assistant", "parts": parts, "finish_reason": "tool_call" if o.tools else "stop"}]))
+                [{"role": "assistant", "parts": parts, "finish_reason": reason}]))
         return out
 
     def redact(self, text: str) -> str:

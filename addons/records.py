@@ -39,6 +39,7 @@ class InterceptionEnd:
     metadata: dict[str, Any] = field(default_factory=dict)  # merged into the start's metadata
     # When the first response chunk of a stream arrived (time to first token; not stored).
     first_chunk_at: datetime | None = None
+    finish_reasons: tuple[str, ...] = ()  # why the model stopped, as the provider says it (not stored)
 
 
 @dataclass(slots=True)

@@ -100,6 +100,8 @@ def parse_response(body: dict[str, Any]) -> ResponseSummary:
     response_id = str_or_none(body.get("id"))
     summary.response_id = response_id
     summary.model = str_or_none(body.get("model"))
+    if stop_reason := str_or_none(body.get("stop_reason")):
+        summary.finish_reasons.append(stop_reason)
     usage = body.get("usage")
     if isinstance(usage, dict):
         summary.usage = usage_from_fields(usage, response_id)
@@ -172,6 +174,7 @@ class StreamParser:
         self._blocks: dict[int, _Block] = {}
         self._error: str | None = None
         self._complete = False
+        self._stop_reason: str | None = None
 
     def skips(self, name: str | None, data: bytes) -> bool:
         """True when `on_event` would ignore this block (see `sse.lone_block`): the hot path."""
@@ -203,6 +206,9 @@ class StreamParser:
             self._on_message_start(message)
         elif kind == "message_delta":
             self._merge_usage(message.get("usage"))
+            delta = message.get("delta")
+            if isinstance(delta, dict) and (stop_reason := str_or_none(delta.get("stop_reason"))):
+                self._stop_reason = stop_reason
         elif kind == "message_stop":
             self._complete = True
         elif kind == "error":
@@ -217,6 +223,7 @@ class StreamParser:
             usage=usage_from_fields(self._usage, response_id) if self._usage is not None else None,
             error=self._error,
             complete=self._complete,
+            finish_reasons=[self._stop_reason] if self._stop_reason else [],
         )
         for block in self._blocks.values():
             if block.kind == "thinking":

@@ -101,6 +101,8 @@ def parse_response(body: dict[str, Any]) -> ResponseSummary:
         summary.usage = usage_from_fields(usage, response_id)
     choices = body.get("choices")
     for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and (reason := str_or_none(choice.get("finish_reason"))):
+            summary.finish_reasons.append(reason)
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
@@ -212,6 +214,7 @@ class StreamParser:
         self._open_calls: dict[tuple[int, int], _CallBuffer] = {}  # by (choice index, tool index)
         self._error: str | None = None
         self._complete = False
+        self._finish_reasons: list[str] = []
 
     def skips(self, name: str | None, data: bytes) -> bool:
         """True when `on_event` would ignore this block (see `sse.lone_block`): the hot path."""
@@ -253,9 +256,12 @@ class StreamParser:
             tool_calls=[_finish_call(call, response_id) for call in self._calls if call.call_id or call.name],
             error=self._error,
             complete=self._complete,
+            finish_reasons=list(self._finish_reasons),
         )
 
     def _on_choice(self, choice: dict[str, Any]) -> None:
+        if reason := str_or_none(choice.get("finish_reason")):
+            self._finish_reasons.append(reason)
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             return

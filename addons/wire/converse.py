@@ -122,6 +122,8 @@ def parse_response(
     """
     data = _loads(body)
     summary = ResponseSummary(response_id=response_id, model=model, complete=True)
+    if isinstance(stop_reason := data.get("stopReason"), str) and stop_reason:
+        summary.finish_reasons.append(stop_reason)
     summary.usage = converse_usage(data.get("usage"), response_id=response_id, metrics=data.get("metrics"))
     output = data.get("output")
     message = output.get("message") if isinstance(output, dict) else None
@@ -287,6 +289,7 @@ class ConverseStreamParser(_FrameFeeder):
             thoughts=thoughts,
             error=s.error,
             complete=s.complete,
+            finish_reasons=[self.stop_reason] if self.stop_reason else [],
         )
 
 

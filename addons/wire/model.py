@@ -73,6 +73,8 @@ class ResponseSummary:
     # True once the stream's terminal event was seen (message_stop,
     # [DONE], response.completed/failed/incomplete); always True for bodies.
     complete: bool = False
+    # Why the model stopped, as the provider says it (end_turn, tool_use, stop, length, …), per choice.
+    finish_reasons: list[str] = field(default_factory=list)
 
 
 # --- JSON helpers shared by the parsers ----------------------------------------------------------

@@ -273,6 +273,7 @@ class StreamParser:
         self._open_commentary: set[int] = set()  # output indexes of commentary messages still streaming
         self._error: str | None = None
         self._complete = False
+        self._finish_reason: str | None = None
 
     def skips(self, name: str | None, data: bytes) -> bool:
         """True when `on_event` would ignore this block (see `sse.lone_block`): the hot path."""
@@ -306,6 +307,7 @@ class StreamParser:
             model=self._model,
             error=self._error,
             complete=self._complete,
+            finish_reasons=[self._finish_reason] if self._finish_reason else [],
         )
         if self._usage is not None:
             summary.usage = usage_from_fields(self._usage, response_id, self._copilot_usage)
@@ -352,6 +354,10 @@ class StreamParser:
     def _take_response(self, response: dict[str, Any], copilot_usage: Any) -> None:
         """A complete Response object: final ids, usage, and any output item not seen yet."""
         self._take_response_ids(response)
+        # The Responses API has no finish reason: the status, or why it is incomplete (max_output_tokens, …).
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        self._finish_reason = str_or_none(reason) or str_or_none(response.get("status")) or self._finish_reason
         usage = response.get("usage")
         if isinstance(usage, dict):
             self._usage = usage

@@ -106,6 +106,7 @@ def test_span_attributes_match_the_recorded_rows(otel_gateway: Gateway, receiver
     assert a["gen_ai.request.model"] == row["model"] == "claude-sonnet-4-5"
     assert a["gen_ai.response.model"] == metadata["upstream_model"]
     assert a["gen_ai.response.id"] == usage["provider_response_id"] == metadata["response_id"]
+    assert a["gen_ai.response.finish_reasons"] == ["end_turn"]
     assert a["gen_ai.usage.input_tokens"] == (usage["input_tokens"] + usage["cache_read_input_tokens"]
                                               + usage["cache_write_input_tokens"])
     assert a["gen_ai.usage.output_tokens"] == usage["output_tokens"] == 12
@@ -142,6 +143,8 @@ def test_a_tool_call_round_trip_links_the_answer_to_the_call(otel_gateway: Gatew
     assert row["thread_parent_id"] == parent_row["id"]
     caller, answer = span_of(receiver, parent_row["id"]), span_of(receiver, row["id"])
 
+    assert caller.attributes["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    assert answer.attributes["gen_ai.response.finish_reasons"] == ["stop"]
     [event] = caller.events
     assert event[0] == "gen_ai.tool.call"
     assert event[1]["gen_ai.tool.name"] == "get_weather" and event[1]["gen_ai.tool.call.id"] == call.id

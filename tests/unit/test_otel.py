@@ -33,6 +33,9 @@ from addons.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.wire import anthropic, chat, responses
+from tests.fakes import upstream as fake
+from tests.sse_replay import replay
 
 T = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 KEY = "sk-ant-api03-CONFIGURED-SECRET-0000000000"
@@ -76,7 +79,7 @@ def start(iid: str, *, provider: str = "anthropic", model: str = "claude-sonnet-
 def end(iid: str, status: str = "completed", seconds: float = 2.0, **metadata: Any) -> InterceptionEnd:
     meta = {"http_status": 200, "response_id": "msg_1", "upstream_model": "claude-sonnet-4-5-20250929", **metadata}
     return InterceptionEnd(iid, T + timedelta(seconds=seconds), status, meta,
-                           first_chunk_at=T + timedelta(seconds=0.25))
+                           first_chunk_at=T + timedelta(seconds=0.25), finish_reasons=("tool_use",))
 
 
 def usage(iid: str) -> TokenUsageRecord:
@@ -109,6 +112,7 @@ def test_one_client_span_per_interception_with_genai_attributes() -> None:
     assert a["gen_ai.request.model"] == "claude-sonnet-4-5"
     assert a["gen_ai.response.model"] == "claude-sonnet-4-5-20250929"
     assert a["gen_ai.response.id"] == "msg_1"
+    assert a["gen_ai.response.finish_reasons"] == ("tool_use",)
     assert a["gen_ai.usage.input_tokens"] == 25 + 100 + 7  # the conventions count cached input too
     assert a["gen_ai.usage.output_tokens"] == 12
     assert a["gen_ai.usage.cache_read.input_tokens"] == 100
@@ -226,7 +230,7 @@ def test_content_only_when_enabled_and_scrubbed_of_configured_secrets() -> None:
     assert orjson.loads(str(span.attributes["gen_ai.input.messages"])) == [
         {"role": "user", "parts": [{"type": "text", "content": "my key is [REDACTED]"}]}]
     assert orjson.loads(str(span.attributes["gen_ai.output.messages"])) == [
-        {"role": "assistant", "finish_reason": "tool_call", "parts": [
+        {"role": "assistant", "finish_reason": "tool_use", "parts": [
             {"type": "reasoning", "content": "thinking it over"},
             {"type": "tool_call", "id": "toolu_1", "name": "get_weather", "arguments": {"city": "[REDACTED]"}}]}]
     assert span.events[0].attributes is not None
@@ -324,3 +328,20 @@ def test_a_gateway_without_otel_loads_none_of_the_sdk() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("wire", "blocking", "events", "tools", "expected"), [
+    ("anthropic", fake.anthropic_message, fake.anthropic_events, False, ["end_turn"]),
+    ("anthropic", fake.anthropic_message, fake.anthropic_events, True, ["tool_use"]),
+    ("chat", fake.chat_completion, fake.chat_chunks, False, ["stop"]),
+    ("chat", fake.chat_completion, fake.chat_chunks, True, ["tool_calls"]),
+    ("responses", fake.responses_body, fake.responses_events, False, ["completed"]),
+])
+def test_parsers_report_finish_reasons(wire: str, blocking: Any, events: Any, tools: bool,
+                                       expected: list[str]) -> None:
+    module = {"anthropic": anthropic, "chat": chat, "responses": responses}[wire]
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}], "input": "x"}
+    if tools:
+        body["tools"] = [{"name": "get_weather", "type": "function", "function": {"name": "get_weather"}}]
+    assert module.parse_response(blocking(body)).finish_reasons == expected
+    assert replay(module.StreamParser(), b"".join(events(body))).finish_reasons == expected

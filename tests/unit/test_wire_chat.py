@@ -308,6 +308,7 @@ def test_blocking_body_with_tools() -> None:
             ToolCall("chatcmpl-b", "call_3", "g", "not json"),
         ],
         complete=True,
+        finish_reasons=["tool_calls"],
     )
 
 
