@@ -29,11 +29,12 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from addons.store.schema import DDL, SCHEMA_VERSION  # noqa: E402
-from addons.store.views import create_views  # noqa: E402
+from addons.store.schema import DDL, SCHEMA_VERSION
+from addons.store.views import create_views
 
 USERS = 300
 PER_SESSION = 20
+CHUNK = 1_000_000
 CLIENTS = ("Claude Code", "Codex", "Copilot")
 # (model, provider type, instance, USD per million input / output / cache-read / cache-write tokens)
 MODELS = (
@@ -73,80 +74,82 @@ def generate(conn: duckdb.DuckDBPyConnection, rows: int, *, days: int = 30, end:
     models = ", ".join(f"('{m}', '{p}', '{n}', {a}, {b}, {c}, {d}, {k})" for k, (m, p, n, a, b, c, d) in
                        enumerate(MODELS))
     clients = ", ".join(f"('{c}', {k})" for k, c in enumerate(CLIENTS))
-    # One row per interception with everything the child tables need; dropped at the end.
-    conn.execute(f"""
-        CREATE TEMP TABLE gen AS
-        WITH m(model, provider, instance, p_in, p_out, p_cr, p_cw, mk) AS (VALUES {models}),
-        c(client, ck) AS (VALUES {clients}),
-        base AS (
-            SELECT i, i // {PER_SESSION} AS s, i % {PER_SESSION} AS k,
-                   hash(i) AS h, hash(i // {PER_SESSION}) AS hs
-            FROM range({rows}) t(i)
-        ),
-        shaped AS (
-            SELECT *, hs % {USERS} AS u, (s % 3)::INT AS ck,
-                   -- Claude Code on Claude models, Codex on GPT models, Copilot on all four
-                   (CASE s % 3 WHEN 0 THEN (hs // 7 + k // 8) % 2 WHEN 1 THEN 2 + (hs // 7 + k // 8) % 2
-                    ELSE (hs // 7 + k // 8) % 4 END)::INT AS mk,
-                   -- session start: spread evenly over the period, jittered; 30 s per turn;
-                   -- every 50th Copilot conversation resumes 20 h later (a thread across days)
-                   (s * {span_s}.0 / {sessions} + (hs % 600))
-                     + k * 30 + (h % 20)
-                     + CASE WHEN s % 150 = 2 AND k >= {PER_SESSION // 2} THEN 72000 ELSE 0 END AS off_s,
-                   h % 100 AS roll
-            FROM base
-        )
-        SELECT sh.*, m.*, c.client,
-               {_uuid('i', 'ic')} AS id,
-               {_uuid('u', 'user')} AS initiator_id,
-               least(?::TIMESTAMPTZ + to_microseconds((off_s * 1000000)::BIGINT),
-                     ?::TIMESTAMPTZ - INTERVAL 1 minute) AS started_at,
-               CASE WHEN roll < 4 THEN 'failed' WHEN roll < 6 THEN 'cancelled' ELSE 'completed' END AS status,
-               1000 + h % 20000 AS in_tok, 50 + (h // 3) % 2000 AS out_tok,
-               CASE WHEN k > 0 THEN (h // 5) % 40000 ELSE 0 END AS cr_tok,
-               CASE WHEN k % 5 = 0 THEN (h // 11) % 4000 ELSE 0 END AS cw_tok
-        FROM shaped sh JOIN m USING (mk) JOIN c USING (ck)
-    """, [start, end])
-    price = "p_in * in_tok + p_out * out_tok + p_cr * cr_tok + p_cw * cw_tok"
-    unpriced_sql = "model = 'gpt-5-mini'" if unpriced else "false"
-    conn.execute(f"""
-        INSERT INTO aibridge_interceptions
-        SELECT id, initiator_id, 'k' || lpad(u::VARCHAR, 3, '0') || 'abcdefgh', provider, instance, model, client,
-               CASE WHEN ck < 2 THEN 'sess-' || s END,
-               CASE WHEN ck = 2 AND k > 0 THEN {_uuid('i - 1', 'ic')} END,
-               CASE WHEN ck = 2 AND k > 0 THEN {_uuid(f's * {PER_SESSION}', 'ic')} END,
-               'gateway_key', NULL, started_at,
-               started_at + to_milliseconds(500 + h % 60000), status,
-               CASE ck WHEN 0 THEN '{{"user_agent": "claude-cli/2.0.14"}}'
-                       WHEN 1 THEN '{{"user_agent": "codex_cli_rs/0.46.0"}}'
-                       ELSE '{{"user_agent": "GitHubCopilotChat/0.31.0"}}' END
-        FROM gen""")
-    conn.execute(f"""
-        INSERT INTO aibridge_token_usages
-        SELECT id, 'resp_' || i, in_tok, out_tok, cr_tok, cw_tok,
-               CASE WHEN provider = 'openai' THEN '{{"reasoning_tokens": ' || (out_tok // 3) || '}}' END,
-               started_at + INTERVAL 400 millisecond,
-               CASE WHEN NOT ({unpriced_sql}) THEN ({price}) / 1e6 END
-        FROM gen""")
-    conn.execute("""
-        INSERT INTO aibridge_user_prompts
-        SELECT id, 'resp_' || i,
-               'Turn ' || k || ' of session ' || s || ': please look at src/module_' || (h % 97)
-               || '.py, explain why test_' || (h % 31) || ' fails and fix it without changing the public API.',
-               started_at + INTERVAL 1 millisecond
-        FROM gen""")
-    tools = ", ".join(f"('{t}', {k})" for k, t in enumerate(TOOLS))
-    conn.execute(f"""
-        INSERT INTO aibridge_tool_usages
-        SELECT id, 'resp_' || i, 'call_' || i, NULL, tool, '{{"path": "src/module_' || (h % 97) || '.py"}}',
-               CASE WHEN tool LIKE 'mcp__%' THEN 'https://mcp.example.com/github' END,
-               tool LIKE 'mcp__%', CASE WHEN (h // 13) % 100 < 3 THEN 'exit status 1' END,
-               started_at + INTERVAL 300 millisecond
-        FROM gen JOIN (VALUES {tools}) t(tool, tk) ON tk = (h // 17) % {len(TOOLS)}
-        WHERE i % 2 = 0""")
-    conn.execute("DROP TABLE gen")
-    create_views(conn)
     conn.execute("COMMIT")
+    # Generated CHUNK interceptions at a time (memory stays flat); one row per interception with
+    # everything the child tables need, dropped after each chunk.
+    for lo in range(0, rows, CHUNK):
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE gen AS
+            WITH m(model, provider, instance, p_in, p_out, p_cr, p_cw, mk) AS (VALUES {models}),
+            c(client, ck) AS (VALUES {clients}),
+            base AS (
+                SELECT i, i // {PER_SESSION} AS s, i % {PER_SESSION} AS k,
+                       hash(i) AS h, hash(i // {PER_SESSION}) AS hs
+                FROM range({lo}, {min(lo + CHUNK, rows)}) t(i)
+            ),
+            shaped AS (
+                SELECT *, hs % {USERS} AS u, (s % 3)::INT AS ck,
+                       -- Claude Code on Claude models, Codex on GPT models, Copilot on all four
+                       (CASE s % 3 WHEN 0 THEN (hs // 7 + k // 8) % 2 WHEN 1 THEN 2 + (hs // 7 + k // 8) % 2
+                        ELSE (hs // 7 + k // 8) % 4 END)::INT AS mk,
+                       -- session start: spread evenly over the period, jittered; 30 s per turn;
+                       -- every 50th Copilot conversation resumes 20 h later (a thread across days)
+                       (s * {span_s}.0 / {sessions} + (hs % 600))
+                         + k * 30 + (h % 20)
+                         + CASE WHEN s % 150 = 2 AND k >= {PER_SESSION // 2} THEN 72000 ELSE 0 END AS off_s,
+                       h % 100 AS roll
+                FROM base
+            )
+            SELECT sh.*, m.*, c.client,
+                   {_uuid('i', 'ic')} AS id,
+                   {_uuid('u', 'user')} AS initiator_id,
+                   least(?::TIMESTAMPTZ + to_microseconds((off_s * 1000000)::BIGINT),
+                         ?::TIMESTAMPTZ - INTERVAL 1 minute) AS started_at,
+                   CASE WHEN roll < 4 THEN 'failed' WHEN roll < 6 THEN 'cancelled' ELSE 'completed' END AS status,
+                   1000 + h % 20000 AS in_tok, 50 + (h // 3) % 2000 AS out_tok,
+                   CASE WHEN k > 0 THEN (h // 5) % 40000 ELSE 0 END AS cr_tok,
+                   CASE WHEN k % 5 = 0 THEN (h // 11) % 4000 ELSE 0 END AS cw_tok
+            FROM shaped sh JOIN m USING (mk) JOIN c USING (ck)
+        """, [start, end])
+        price = "p_in * in_tok + p_out * out_tok + p_cr * cr_tok + p_cw * cw_tok"
+        unpriced_sql = "model = 'gpt-5-mini'" if unpriced else "false"
+        conn.execute(f"""
+            INSERT INTO aibridge_interceptions
+            SELECT id, initiator_id, 'k' || lpad(u::VARCHAR, 3, '0') || 'abcdefgh', provider, instance, model, client,
+                   CASE WHEN ck < 2 THEN 'sess-' || s END,
+                   CASE WHEN ck = 2 AND k > 0 THEN {_uuid('i - 1', 'ic')} END,
+                   CASE WHEN ck = 2 AND k > 0 THEN {_uuid(f's * {PER_SESSION}', 'ic')} END,
+                   'gateway_key', NULL, started_at,
+                   started_at + to_milliseconds(500 + h % 60000), status,
+                   CASE ck WHEN 0 THEN '{{"user_agent": "claude-cli/2.0.14"}}'
+                           WHEN 1 THEN '{{"user_agent": "codex_cli_rs/0.46.0"}}'
+                           ELSE '{{"user_agent": "GitHubCopilotChat/0.31.0"}}' END
+            FROM gen""")
+        conn.execute(f"""
+            INSERT INTO aibridge_token_usages
+            SELECT id, 'resp_' || i, in_tok, out_tok, cr_tok, cw_tok,
+                   CASE WHEN provider = 'openai' THEN '{{"reasoning_tokens": ' || (out_tok // 3) || '}}' END,
+                   started_at + INTERVAL 400 millisecond,
+                   CASE WHEN NOT ({unpriced_sql}) THEN ({price}) / 1e6 END
+            FROM gen""")
+        conn.execute("""
+            INSERT INTO aibridge_user_prompts
+            SELECT id, 'resp_' || i,
+                   'Turn ' || k || ' of session ' || s || ': please look at src/module_' || (h % 97)
+                   || '.py, explain why test_' || (h % 31) || ' fails and fix it without changing the public API.',
+                   started_at + INTERVAL 1 millisecond
+            FROM gen""")
+        tools = ", ".join(f"('{t}', {k})" for k, t in enumerate(TOOLS))
+        conn.execute(f"""
+            INSERT INTO aibridge_tool_usages
+            SELECT id, 'resp_' || i, 'call_' || i, NULL, tool, '{{"path": "src/module_' || (h % 97) || '.py"}}',
+                   CASE WHEN tool LIKE 'mcp__%' THEN 'https://mcp.example.com/github' END,
+                   tool LIKE 'mcp__%', CASE WHEN (h // 13) % 100 < 3 THEN 'exit status 1' END,
+                   started_at + INTERVAL 300 millisecond
+            FROM gen JOIN (VALUES {tools}) t(tool, tk) ON tk = (h // 17) % {len(TOOLS)}
+            WHERE i % 2 = 0""")
+        conn.execute("DROP TABLE gen")
+    create_views(conn)
 
 
 def main() -> None:

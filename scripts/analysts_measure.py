@@ -34,17 +34,24 @@ QUERY = ("select model, count(*), sum(t.input_tokens) from aibridge_interception
          "join aibridge_token_usages t on t.interception_id = i.id group by 1 order by 1")
 
 
-def commands(out: Path) -> list[tuple[str, list[str]]]:
+def commands(out: Path) -> list[tuple[str, list[str], str]]:
+    """(label, aigw arguments, the API path the same command calls through a gateway)."""
+    api = "/api/v2/aibridge"
     return [
-        ("report --since 30d", ["report", "--since", "30d", "--out", str(out)]),
-        ("sessions list", ["sessions", "list"]),
-        ("sessions list --user user042", ["sessions", "list", "--user", "user042"]),
-        ("sessions list --since 1d", ["sessions", "list", "--since", "1d"]),
-        ("interceptions list --limit 50", ["interceptions", "list", "--limit", "50"]),
-        ("interceptions list --limit 50 (page 2)", ["interceptions", "list", "--limit", "50", "--after-id", "{cursor}"]),
+        ("report --since 30d", ["report", "--since", "30d", "--out", str(out)], f"{api}/admin/report?since=30d"),
+        ("sessions list", ["sessions", "list"], f"{api}/sessions?limit=50"),
+        ("sessions list --user user042", ["sessions", "list", "--user", "user042"],
+         f"{api}/sessions?limit=50&user=user042"),
+        ("sessions list --since 1d", ["sessions", "list", "--since", "1d"], f"{api}/sessions?limit=50&since=1d"),
+        ("interceptions list --limit 50", ["interceptions", "list", "--limit", "50"],
+         f"{api}/interceptions?limit=50"),
+        ("interceptions list --limit 50 (page 2)",
+         ["interceptions", "list", "--limit", "50", "--after-id", "{cursor}"],
+         f"{api}/interceptions?limit=50&after_id={{cursor}}"),
         ("interceptions list --limit 50 --user user042 --model gpt-5",
-         ["interceptions", "list", "--limit", "50", "--user", "user042", "--model", "gpt-5"]),
-        ("query (model x tokens join)", ["query", QUERY]),
+         ["interceptions", "list", "--limit", "50", "--user", "user042", "--model", "gpt-5"],
+         f"{api}/interceptions?limit=50&user=user042&model=gpt-5"),
+        ("query (model x tokens join)", ["query", QUERY], f"{api}/query"),
     ]
 
 
@@ -105,6 +112,20 @@ def vm(pid: int, key: str) -> float:
     return 0.0
 
 
+def api_time(port: int | None, db: Path, path: str) -> float:
+    token = json.loads((db.parent / "aibridge.gateway.json").read_text())["token"]
+    headers = {"authorization": f"Bearer {token}"}
+    t0 = time.perf_counter()
+    if path.endswith("/query"):
+        r = httpx.post(f"http://127.0.0.1:{port}{path}", json={"sql": QUERY}, headers=headers, trust_env=False,
+                       timeout=120)
+    else:
+        r = httpx.get(f"http://127.0.0.1:{port}{path}", headers=headers, trust_env=False, timeout=120)
+    elapsed = time.perf_counter() - t0
+    r.raise_for_status()
+    return round(elapsed, 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("db", type=Path)
@@ -132,10 +153,11 @@ def main() -> None:
     results = []
     cursor = ""
     try:
-        for label, argv in commands(out):
+        for label, argv, path in commands(out):
             if args.only and not any(label.startswith(p) for p in args.only.split(",")):
                 continue
             argv = [a.replace("{cursor}", cursor) for a in argv]
+            path = path.replace("{cursor}", cursor)
             for _ in range(args.repeat):
                 probe = Probe(f"http://127.0.0.1:{port}") if gateway is not None else None
                 if probe is not None:
@@ -147,6 +169,7 @@ def main() -> None:
                     probe.join()
                     r["healthz_worst_ms"] = round(probe.worst * 1000, 1)
                     r["gateway_hwm_mb"] = round(vm(gateway.pid, "VmHWM"), 1)  # type: ignore[union-attr]
+                    r["api_s"] = api_time(port, args.db, path)  # the endpoint alone, no CLI process
                 r["load1"] = round(load, 2)
                 stdout = str(r.pop("stdout"))
                 if label == "interceptions list --limit 50":

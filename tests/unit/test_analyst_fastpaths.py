@@ -28,7 +28,7 @@ from addons.store.views import interception_facts_sql, session_summary_sql
 from tests.seed import seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from analysts_db import generate  # noqa: E402
+from analysts_db import generate
 
 END = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
 WINDOWS = (
