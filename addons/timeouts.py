@@ -38,8 +38,15 @@ from typing import Any
 import orjson
 from mitmproxy import connection, http, tls
 from mitmproxy import ctx as mitm_ctx
-from mitmproxy.proxy import events, server_hooks
-from mitmproxy.proxy.layers.http import ResponseData, ResponseEndOfMessage, ResponseHeaders
+from mitmproxy.proxy import events, layer, server_hooks
+from mitmproxy.proxy.layers.http import (
+    HttpLayer,
+    HttpStream,
+    ResponseData,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+)
+from mitmproxy.proxy.layers.http._base import HttpEvent
 
 from addons import context
 from addons.context import FlowContext
@@ -100,24 +107,45 @@ class _Stamp:
         return chunk if self.inner is None else self.inner(chunk)
 
 
-# Events the watchdog injects: MessageInjected so mitmproxy's HTTP layer routes them to the flow's
-# stream, and response events so the stream handles them as the upstream's.
-class _InjectedHeaders(ResponseHeaders, events.MessageInjected):
-    pass
+class _Relay(HttpEvent, events.MessageInjected):
+    """Carries a response event to the flow's HTTP stream: as a MessageInjected, mitmproxy's HTTP
+    layer routes it to the stream by flow; being no response event itself, a CONNECT tunnel's outer
+    stream relays it untouched (it would turn ResponseData into bytes from the server)."""
+
+    def __init__(self, flow: http.HTTPFlow, inner: HttpEvent) -> None:
+        super().__init__(inner.stream_id)
+        self.flow = flow
+        self.message = None
+        self.inner = inner
 
 
-class _InjectedData(ResponseData, events.MessageInjected):
-    pass
+def _accept_relays(stream: HttpStream) -> None:
+    """Make `stream` unwrap _Relay events (for the rest of its short life) and handle what they carry."""
+    handle = stream._handle_event
+
+    def unwrap(event: events.Event) -> layer.CommandGenerator[None]:
+        return handle(event.inner if isinstance(event, _Relay) else event)
+
+    stream._handle_event = unwrap  # type: ignore[method-assign]
 
 
-class _InjectedEnd(ResponseEndOfMessage, events.MessageInjected):
-    pass
-
-
-def _injected(event: Any, flow: http.HTTPFlow) -> Any:
-    event.flow = flow
-    event.message = None
-    return event
+def find_stream(top: Any, flow: http.HTTPFlow) -> HttpStream | None:
+    """The HTTP stream handling `flow` in a connection's layer tree (tunnels nest HTTP layers)."""
+    todo, seen = [top], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, HttpStream) and getattr(node, "flow", None) is flow:
+            return node
+        if isinstance(node, HttpLayer):
+            todo.extend(node.streams.values())
+        if isinstance(node, layer.NextLayer):
+            todo.append(node.layer)
+        todo.append(getattr(node, "child_layer", None))
+        todo.append(getattr(getattr(node, "_handle_event", None), "__self__", None))  # mode layers delegate
+    return None
 
 
 class UpstreamTimeouts:
@@ -265,24 +293,31 @@ class UpstreamTimeouts:
             return
         # HTTP/2 upstream streams cannot be addressed by injection (mitmproxy routes by HTTP/1 connection).
         injectable = flow.server_conn.alpn != b"h2"
-        if watch.phase is Phase.HEADERS and injectable:
+        stream = find_stream(handler.layer, flow) if injectable else None
+        if stream is not None and watch.phase is Phase.HEADERS:
             message = (f"upstream timeout after {limit}: instance {ctx.instance.name!r} sent no response "
                        f"headers within {limit}")
             body = error_body(ctx.instance.type, ctx.route.api, message, "timeout_error")
             answer = http.Response.make(504, body, {"content-type": "application/json", "connection": "close"})
-            await handler.server_event(_injected(_InjectedHeaders(0, answer, False), flow))
-            await handler.server_event(_injected(_InjectedData(0, body), flow))
-            await handler.server_event(_injected(_InjectedEnd(0), flow))
+            await self._inject(handler, stream, flow, ResponseHeaders(stream.stream_id, answer, False),
+                               ResponseData(stream.stream_id, body), ResponseEndOfMessage(stream.stream_id))
             return
         final = final_chunk(ctx, flow, f"upstream timeout after {limit}: instance {ctx.instance.name!r} sent "
-                            f"nothing for {limit} in the middle of the response") if injectable else None
-        if watch.phase is Phase.STREAM and final is not None and flow.response is not None:
+                            f"nothing for {limit} in the middle of the response")
+        if stream is not None and watch.phase is Phase.STREAM and final is not None and flow.response is not None:
             watch.final = final
             flow.response.headers["connection"] = "close"  # read when the response ends (HTTP/1 clients)
-            await handler.server_event(_injected(_InjectedData(0, final), flow))
-            await handler.server_event(_injected(_InjectedEnd(0), flow))
+            await self._inject(handler, stream, flow, ResponseData(stream.stream_id, final),
+                               ResponseEndOfMessage(stream.stream_id))
             return
         self._close_server(flow)  # mitmproxy fails the flow; UPSTREAM_ERROR names why
+
+    @staticmethod
+    async def _inject(handler: Any, stream: HttpStream, flow: http.HTTPFlow, *inner: HttpEvent) -> None:
+        """Hand `inner` to the flow's stream as if the upstream had sent them."""
+        _accept_relays(stream)
+        for event in inner:
+            await handler.server_event(_Relay(flow, event))
 
     def _handler(self, flow: http.HTTPFlow) -> Any:
         connections = getattr(self._proxyserver, "connections", None)

@@ -139,7 +139,7 @@ class FakeUpstream:
                         return
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
+                except OSError:  # the gateway went away (broken pipe, reset, TLS EOF)
                     self.close_connection = True
 
         return Handler
