@@ -42,8 +42,8 @@ class KeyCache:
             self._by_hash = keys
 
     def authenticate(self, token: str | None, now: datetime) -> Identity | None:
-        if not token:
-            return None
+        if not token or not token.isascii():
+            return None  # keys are ASCII; anything else (e.g. undecodable header bytes) is no key
         if hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return LOCAL_ADMIN
         info = self._by_hash.get(hash_key(token))
@@ -63,6 +63,12 @@ def bearer(headers: http.Headers) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def looks_like_provider_key(token: str) -> bool:
+    """An OpenAI (`sk-…`, `sk-proj-…`) or Anthropic (`sk-ant-…`) key: what users paste in place of their
+    gateway key (`aigw_…`) when they set the client's API key to the provider's."""
+    return token.startswith("sk-")
 
 
 def presented_credential(headers: http.Headers) -> str | None:
