@@ -175,8 +175,8 @@ def serve_detached(args: argparse.Namespace, settings: Settings) -> int:
         fail(f"a gateway already runs for {settings.db} at {running.url} (pid {running.pid}); stop it with aigw stop")
     log_file = settings.home.log_file
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(log_file, "ab") as out:
-        start = out.tell()
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+        start = log_file.stat().st_size
         child = subprocess.Popen([sys.executable, "-m", "addons", *(a for a in args.argv if a != "--detach")],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)  # survives the shell that started it

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 from addons import ca, runtime
 from addons.admin import AdminApi, KeyUsageFlusher
-from addons.analytics import SnapshotPublisher
+from addons.analytics import RollupRefresher, SnapshotPublisher
 from addons.auth import KeyCache
 from addons.bedrock import BedrockUpstreams
 from addons.circuit import CircuitBreakers
@@ -87,6 +88,10 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         return 1
     for warning in settings.unknown_variables:
         log.warning(warning)
+    if (busy := listen_error(settings.listen_host, settings.listen_port)) is not None:
+        print(f"aigw: {busy}", file=sys.stderr)
+        log_output.close()
+        return 1
     recorder = Recorder(settings)
     metrics_server: MetricsServer | None = None
     otel_pipeline = None
@@ -135,6 +140,30 @@ async def start_governance(settings: Settings, recorder: Recorder, interceptor: 
     policy = await asyncio.to_thread(writer.call, governance_store.load_policy)
     spend = await asyncio.to_thread(writer.call, lambda conn: governance_store.spend_by_user(conn, start, end))
     return Governance(settings.governance, interceptor, policy, spend, price)
+
+
+def listen_error(host: str, port: int) -> str | None:
+    """Why the listener cannot bind, checked before anything starts (mitmproxy only reports it after its
+    start-up, in several lines); None when it can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return (f"cannot listen on {ca.reachable_address(host, port)}: {(e.strerror or str(e)).lower()} "
+                    "(another gateway? stop it with aigw stop, or pick another --aibridge-listen)")
+    return None
+
+
+def check_choices(opts: options.Options, sets: Sequence[str]) -> None:
+    """mitmproxy declares the valid values of some options but does not enforce them on --set."""
+    for spec in sets:
+        name = spec.partition("=")[0].strip()
+        option = opts._options.get(name)
+        if option is not None and option.choices and option.current() not in option.choices:
+            raise exceptions.OptionsError(f"--set {spec}: invalid value {option.current()!r} for {name} "
+                                          f"(expected one of {', '.join(option.choices)})")
 
 
 async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets: Sequence[str], web: bool,
@@ -193,6 +222,7 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         UpstreamTimeouts(settings.upstream_connect_timeout, settings.upstream_idle_timeout),
         KeyUsageFlusher(recorder, keys),
         SnapshotPublisher(settings, recorder),
+        RollupRefresher(recorder),
         bedrock,
         recorder,
         *metrics_addons,
@@ -212,6 +242,7 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     )
     if sets:
         opts.set(*sets)
+        check_choices(opts, sets)
     if isinstance(master, AigwMaster):
         master.drop_idle_builtins()
     ca.ensure_ca(Path(opts.confdir).expanduser(), opts.key_size)  # private key owner-only

@@ -35,6 +35,9 @@ class Limits:
         return replace(base, **{f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
 
+NO_LIMITS = Limits()
+
+
 def model_allowed(model: str, patterns: tuple[str, ...] | None) -> bool:
     """Whether `model` matches one of the glob patterns (case-sensitive, like model ids)."""
     return patterns is None or any(fnmatch.fnmatchcase(model, p) for p in patterns)
@@ -173,7 +176,7 @@ class GovernanceSettings:
 
     max_concurrency: int = 0  # intercepted requests in flight per process; 0: off
     rate_limit: float = 0.0  # intercepted requests per second per client IP and process; 0: off
-    defaults: Limits = Limits()  # everyone's limits unless their user or key says otherwise
+    defaults: Limits = NO_LIMITS  # everyone's limits unless their user or key says otherwise
     budget_policy: str = "highest"  # several budgeted groups: the highest or the lowest budget
     budget_period: str = "month"
     budget_unpriced: str = "allow"  # a model without a price, for a user with a budget: allow | deny

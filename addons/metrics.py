@@ -17,12 +17,14 @@ HTTP server runs on its own thread (`--prometheus-address`).
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from mitmproxy import http
+from mitmproxy import version as mitmproxy_version
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -34,7 +36,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from addons import context
+from addons import __version__, context
 from addons.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -132,6 +134,11 @@ RECORDER_DROPPED = Counter(
     registry=REGISTRY)
 RETENTION_PURGED = Counter(
     PREFIX + "retention_purged_interceptions_total", "Interceptions deleted by retention.", registry=REGISTRY)
+BUILD_INFO = Gauge(
+    PREFIX + "build_info", "Always 1; the labels name the running aigw, mitmproxy and Python versions.",
+    ["version", "mitmproxy_version", "python_version"], registry=REGISTRY)
+BUILD_INFO.labels(version=__version__, mitmproxy_version=mitmproxy_version.VERSION,
+                  python_version=platform.python_version()).set(1)
 
 for _type in ("mitm", "tunneled"):
     PROXY_CONNECTS.labels(type=_type)

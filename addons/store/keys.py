@@ -87,6 +87,18 @@ def validate_user_name(user: str) -> str:
     return user
 
 
+def ensure_user(conn: duckdb.DuckDBPyConnection, user: str, now: datetime | None = None) -> str:
+    """The id of user `user`, created if missing."""
+    validate_user_name(user)
+    row = conn.execute("SELECT id::VARCHAR FROM users WHERE name = ?", [user]).fetchone()
+    if row is not None:
+        return str(row[0])
+    user_id = str(uuid.uuid4())
+    conn.execute("INSERT INTO users (id, name, created_at) VALUES (?::UUID, ?, ?::TIMESTAMPTZ)",
+                 [user_id, user, _ts(_now(now))])
+    return user_id
+
+
 def _now(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(UTC)
@@ -146,15 +158,7 @@ def create_key(
     expires_at = now + expires if expires else None
     conn.execute("BEGIN")
     try:
-        row = conn.execute("SELECT id::VARCHAR FROM users WHERE name = ?", [user]).fetchone()
-        if row is None:
-            user_id = str(uuid.uuid4())
-            conn.execute(
-                "INSERT INTO users (id, name, created_at) VALUES (?::UUID, ?, ?::TIMESTAMPTZ)",
-                [user_id, user, _ts(now)],
-            )
-        else:
-            user_id = row[0]
+        user_id = ensure_user(conn, user, now)
         for _ in range(16):  # the 32-bit public id may collide; the secret never will
             key_id, full_key = new_secret()
             taken = conn.execute("SELECT 1 FROM api_keys WHERE id = ?", [key_id]).fetchone()

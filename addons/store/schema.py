@@ -109,8 +109,7 @@ DDL: tuple[str, ...] = (
     CREATE TABLE IF NOT EXISTS aigw_group_members (
         group_name  VARCHAR NOT NULL,
         user_id     UUID NOT NULL,
-        added_at    TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (group_name, user_id)
+        added_at    TIMESTAMPTZ NOT NULL   -- one row per (group_name, user_id), kept so by add_member
     )
     """,
     """
