@@ -1,4 +1,4 @@
-"""Addon: publishes a read-only snapshot of the data for external tools.
+"""Addons for analysts: the read-only snapshot, and the report's daily rollup kept current.
 
 DuckDB allows one writing process, so the DuckDB CLI, Jupyter or a BI tool
 open a consistent copy instead: `<db dir>/snapshot/aibridge.duckdb` plus
@@ -17,6 +17,7 @@ from mitmproxy import ctx
 
 from addons.config import Settings
 from addons.recorder import Recorder
+from addons.store.rollup import refresh as refresh_rollup
 from addons.store.snapshot import write_snapshot
 
 log = logging.getLogger("aigw.snapshot")
@@ -57,6 +58,43 @@ class SnapshotPublisher:
             log.warning("snapshot failed (the previous one is intact): %s", e)
         else:
             log.debug("snapshot written to %s", path)
+
+    def done(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+class RollupRefresher:
+    """Rolls closed UTC days up in the background (addons/store/rollup.py), off the event loop and
+    outside the writer thread, so every report (the CLI's on a read-only connection too) finds them
+    ready instead of aggregating a month of rows. The first run after an upgrade rolls up history."""
+
+    FIRST_DELAY = 30.0  # let start-up traffic settle first
+    INTERVAL = 600.0
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.task: asyncio.Task[None] | None = None
+
+    def running(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.loop())
+
+    async def loop(self) -> None:
+        await asyncio.sleep(self.FIRST_DELAY)
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.INTERVAL)
+
+    async def refresh(self) -> None:
+        conn = self.recorder.conn
+        if conn is None:
+            return
+        try:
+            days = await asyncio.to_thread(refresh_rollup, conn)
+        except Exception as e:
+            log.warning("daily rollup refresh failed (reports compute from the tables): %s", e)
+        else:
+            log.debug("daily rollup covers %d closed day(s)", days)
 
     def done(self) -> None:
         if self.task is not None:

@@ -32,7 +32,7 @@ import duckdb
 
 from addons.store.views import SESSION_ID, utc_day
 
-__all__ = ["ROLLUP_TABLES", "invalidate", "usage_window"]
+__all__ = ["ROLLUP_TABLES", "invalidate", "refresh", "usage_window"]
 
 log = logging.getLogger("aigw.store")
 
@@ -144,6 +144,25 @@ def usage_window(cur: duckdb.DuckDBPyConnection, since: datetime, now: datetime)
                     "WHERE day IN (SELECT unnest(?::DATE[]))", [days])
         for where, params in _batches(_uncovered(since, now, rolled)):
             cur.execute(f"INSERT INTO {temp} SELECT {cols} FROM ({select.format(where=where)})", params)
+
+
+def refresh(conn: duckdb.DuckDBPyConnection) -> int:
+    """Roll up every closed day not rolled up yet (or stale); returns how many days are rolled up.
+
+    The gateway calls this in the background (addons/analytics.py) so that reports,
+    including the CLI's on a read-only connection, find closed days ready.
+    """
+    cur = conn.cursor()
+    try:
+        if not _has_rollup(cur):
+            return 0
+        row = cur.execute(f"SELECT min({utc_day('started_at')}) FROM aibridge_interceptions").fetchone()
+        if row is None or row[0] is None:
+            return 0
+        _rolled_days(cur, _midnight(row[0]), datetime.now(UTC))
+        return cur.execute("SELECT count(*) FROM aigw_rollup_days").fetchone()[0]  # type: ignore[index,no-any-return]
+    finally:
+        cur.close()
 
 
 def invalidate(cur: duckdb.DuckDBPyConnection) -> None:

@@ -207,6 +207,22 @@ def test_rollup_covers_closed_days_only_and_heals(db: Path) -> None:
         conn.close()
 
 
+def test_refresh_rolls_up_every_closed_day(db: Path) -> None:
+    conn = duckdb.connect(str(db))
+    try:
+        rollup.invalidate(conn)
+        rollup.refresh(conn)
+        closed = {d for (d,) in conn.execute(
+            "SELECT CAST(timezone('UTC', started_at) AS DATE) AS d FROM aibridge_interceptions "
+            "GROUP BY d HAVING count(*) = count(ended_at)").fetchall()}
+        rolled = {d for (d,) in conn.execute("SELECT day FROM aigw_rollup_days").fetchall()}
+        assert rolled == closed and (END - timedelta(days=3, hours=2)).date() not in rolled
+        assert rollup.refresh(conn) == len(closed)  # nothing left to do, nothing changes
+        assert {d for (d,) in conn.execute("SELECT day FROM aigw_rollup_days").fetchall()} == rolled
+    finally:
+        conn.close()
+
+
 def test_read_only_connection_uses_what_is_rolled_up_and_computes_the_rest(db: Path) -> None:
     conn = duckdb.connect(str(db))
     report.render_report(conn, *WINDOWS[1])  # rolls up part of the month only
