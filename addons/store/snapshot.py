@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from addons.store.views import VIEWS
+from addons.store.views import VIEWS, utc_day
 
 __all__ = ["SNAPSHOT_DB", "SNAPSHOT_PARQUET", "write_snapshot"]
 
@@ -124,7 +124,7 @@ def _export_parquet(cur: duckdb.DuckDBPyConnection, alias: str, target: Path) ->
             cur.execute(f"COPY {relation} TO {_literal(str(table_dir / 'data.parquet'))} (FORMAT parquet)")
             continue
         cur.execute(
-            f"COPY (SELECT *, CAST(timezone('UTC', {_ident(time_col)}) AS DATE) AS day FROM {relation}) "
+            f"COPY (SELECT *, {utc_day(_ident(time_col))} AS day FROM {relation}) "
             f"TO {_literal(str(table_dir))} (FORMAT parquet, PARTITION_BY (day), OVERWRITE_OR_IGNORE)"
         )
 
