@@ -24,10 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+from queue import Full, Queue
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,7 +62,8 @@ from addons.records import (
 log = logging.getLogger("aigw.otel")
 
 DROPPED_SPANS = Counter(
-    metrics.PREFIX + "otel_dropped_spans_total", "Spans dropped because the OpenTelemetry export queue was full.",
+    metrics.PREFIX + "otel_dropped_spans_total",
+    "Interceptions not exported (span and measurements) because an OpenTelemetry queue was full.",
     registry=metrics.REGISTRY)
 
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -128,15 +132,62 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+class HandOff:
+    """The thread that turns ended interceptions into spans and measurements: the SDK's attribute
+    checks and histogram locks cost far more than the loop should pay, so the loop only enqueues.
+    Bounded: when full, the interception is not exported and counted as dropped."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.queue: Queue[Callable[[], None] | None] = Queue(size)
+        self.thread = threading.Thread(target=self._run, name="aigw-otel", daemon=True)
+        self.thread.start()
+
+    def put(self, job: Callable[[], None]) -> None:
+        try:
+            self.queue.put_nowait(job)
+        except Full:
+            DROPPED_SPANS.inc()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            try:
+                job()
+            except Exception:
+                log.exception("OpenTelemetry: exporting an interception failed")
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything enqueued before has been handed to the exporters."""
+        done = threading.Event()
+        try:
+            self.queue.put(done.set, timeout=timeout)
+        except Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float) -> None:
+        try:
+            self.queue.put(None, timeout=timeout)
+        except Full:
+            return
+        self.thread.join(timeout)
+
+
 @dataclass
 class Pipeline:
     resource: Resource
     spans: BatchSpanProcessor | None
     meters: MeterProvider | None
     span_exporter: OTLPSpanExporter | None = None
+    hand_off: HandOff = field(default_factory=HandOff)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        self.hand_off.flush(timeout)
+        if self.spans is not None:
+            self.spans.force_flush(int(timeout * 1000))
 
     def shutdown(self, flush_seconds: float = 5.0) -> None:
         """Flush what is queued (bounded: a dead collector costs at most the exporter timeout)."""
+        self.hand_off.close(flush_seconds)
         if self.spans is not None:
             self.spans.force_flush(int(flush_seconds * 1000))
             if self.span_exporter is not None:
@@ -303,6 +354,10 @@ class OtelSink:
             if len(self.callers) >= self.MAX_CALLS:
                 self.callers.pop(next(iter(self.callers)))
             self.callers[tool.provider_tool_call_id] = _Caller(o.context, o.start.id, o.thread_root_id)
+        self.pipeline.hand_off.put(partial(self.export, o, end))
+
+    def export(self, o: _Open, end: InterceptionEnd) -> None:
+        """On the hand-off thread: the span to the batch processor, the measurements to the meters."""
         common = self.common_attributes(o, end)
         if self.pipeline.spans is not None and o.context.trace_flags.sampled:
             self.pipeline.spans.on_end(self.span(o, end, common))

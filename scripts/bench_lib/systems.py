@@ -246,6 +246,8 @@ def start_aigw(work: Path, up: Upstream, name: str = "aigw", otel_endpoint: str 
     help_text = _serve_help(env, d)
     args = ["serve"]
     notes: list[str] = []
+    if otel_endpoint is not None:
+        notes.append(f"OpenTelemetry export on: OTEL_EXPORTER_OTLP_ENDPOINT={otel_endpoint} (in-process receiver)")
     metrics_port = None
     for flag in ("--aibridge-structured-logging", "--prometheus-enable"):
         if flag in help_text:

@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,11 @@ class Harness:
         self.sink = OtelSink(SETTINGS, self.pipeline, price, environ=env)
 
     def spans(self) -> list[ReadableSpan]:
-        assert self.pipeline.spans is not None
-        self.pipeline.spans.force_flush()
+        self.pipeline.flush()
         return list(self.exporter.get_finished_spans())
 
     def points(self, name: str) -> list[Any]:
+        self.pipeline.flush()
         data = self.reader.get_metrics_data()
         assert data is not None
         return [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
@@ -289,11 +290,35 @@ def test_a_full_export_queue_drops_and_counts_instead_of_waiting() -> None:
         iid = str(uuid.uuid4())
         sink(start(iid))
         sink(end(iid))
+    sink.pipeline.hand_off.flush(10)
     dropped = (metrics.REGISTRY.get_sample_value("coder_aibridged_otel_dropped_spans_total") or 0.0) - before
     assert dropped >= n - 3  # at most one span in export and two queued
     exporter.release.set()
     processor.shutdown()
     assert exporter.exported + dropped == n
+
+
+def test_a_full_hand_off_queue_drops_and_counts_instead_of_waiting() -> None:
+    hand_off = otel.HandOff(size=2)
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck() -> None:
+        started.set()
+        release.wait(10)
+
+    before = metrics.REGISTRY.get_sample_value("coder_aibridged_otel_dropped_spans_total") or 0.0
+    hand_off.put(stuck)
+    assert started.wait(10)
+    ran: list[int] = []
+    for i in range(5):  # two fit in the queue behind the stuck job; three are dropped
+        hand_off.put(partial(ran.append, i))
+    assert (metrics.REGISTRY.get_sample_value("coder_aibridged_otel_dropped_spans_total") or 0.0) - before == 3
+    release.set()
+    assert hand_off.flush(10)
+    assert ran == [0, 1]
+    hand_off.close(10)
+    assert not hand_off.thread.is_alive()
 
 
 def test_pipeline_from_the_standard_variables() -> None:
