@@ -317,9 +317,10 @@ class DefaultDeny:
             return False
         if context.get(flow) is None:
             return True  # a relay (proxy mode): the client's host, address-checked at dial time
-        # Routed to an instance: only where an administrator pointed it (or a Bedrock runtime host).
-        host, port = normalise_host(flow.request.host), flow.request.port
-        return (host, port) in self.destinations or (is_bedrock_runtime_host(host) and port == 443)
+        # Routed to an instance: only where an administrator pointed it, or (Bedrock-native clients with
+        # their own signature) the Bedrock runtime host they tunnelled to, on a port the proxy allowed.
+        host = normalise_host(flow.request.host)
+        return (host, flow.request.port) in self.destinations or is_bedrock_runtime_host(host)
 
     def deny(self, flow: http.HTTPFlow) -> None:
         message = "refused: the gateway chose no upstream for this request"
