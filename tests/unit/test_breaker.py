@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from addons import config
 from addons.breaker import Breaker, BreakerSettings, State
 
 
@@ -179,3 +180,25 @@ def test_rules_hold_for_any_sequence(ops: list[tuple[str, float]], threshold: in
         if after is State.HALF_OPEN:
             assert b.requests <= max_requests
     assert set(changes) <= EDGES
+
+
+def test_settings_from_the_environment() -> None:
+    assert config.load(None, {}).circuit_breaker is None  # off by default
+    defaults = config.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true"})
+    assert defaults.circuit_breaker == BreakerSettings(5, 10.0, 30.0, 3)
+    assert (defaults.upstream_connect_timeout, defaults.upstream_idle_timeout) == (10.0, 300.0)
+    tuned = config.load(None, {
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "1", "CODER_AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "2",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_INTERVAL": "0", "CODER_AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT": "1m",
+        "CODER_AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS": "1", "CODER_AIBRIDGE_UPSTREAM_IDLE_TIMEOUT": "0",
+        "CODER_AIBRIDGE_UPSTREAM_CONNECT_TIMEOUT": "1500ms"})
+    assert tuned.circuit_breaker == BreakerSettings(2, 0.0, 60.0, 1)
+    assert (tuned.upstream_connect_timeout, tuned.upstream_idle_timeout) == (1.5, None)
+    for name, value in (("CIRCUIT_BREAKER_TIMEOUT", "0"), ("CIRCUIT_BREAKER_MAX_REQUESTS", "0"),
+                        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "x"), ("UPSTREAM_IDLE_TIMEOUT", "soon")):
+        try:
+            config.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true", f"CODER_AIBRIDGE_{name}": value})
+        except config.ConfigError as e:
+            assert str(e).startswith(f"CODER_AIBRIDGE_{name}: ")
+        else:
+            raise AssertionError(f"{name}={value} was accepted")
