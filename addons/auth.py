@@ -41,16 +41,21 @@ class KeyCache:
         with self._lock:
             self._by_hash = keys
 
-    def authenticate(self, token: str | None, now: datetime) -> Identity | None:
+    def authenticate(self, token: str | None, now: datetime, *, local_admin: bool = False) -> Identity | None:
+        """The identity a credential stands for; the local admin token counts only where `local_admin`
+        (the admin API, called from this machine), never for provider traffic."""
         if not token or not token.isascii():
             return None  # keys are ASCII; anything else (e.g. undecodable header bytes) is no key
-        if hmac.compare_digest(token.encode(), self.admin_token.encode()):
+        if self.is_admin_token(token):
             return LOCAL_ADMIN
         info = self._by_hash.get(hash_key(token))
         if info is None or not info.usable(now):
             return None
         self.last_used[info.id] = now
         return Identity(user_id=str(info.user_id), user_name=info.user_name, key_id=info.id, admin=info.admin)
+
+    def is_admin_token(self, token: str) -> bool:
+        return token.isascii() and hmac.compare_digest(token.encode(), self.admin_token.encode())
 
     def take_last_used(self) -> dict[str, datetime]:
         used, self.last_used = self.last_used, {}

@@ -18,7 +18,7 @@ from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http
 
 from addons import context
-from addons.auth import Identity, KeyCache, bearer, presented_credential
+from addons.auth import Identity, KeyCache, bearer, looks_like_provider_key, presented_credential
 from addons.config import Instance, Settings
 from addons.context import FlowContext
 from addons.keypool import pool_for
@@ -81,20 +81,24 @@ class Router:
             return
         parts = split_gateway_path(path)
         if parts is None:
-            flow.response = json_response(404, any_error(f"no route for {flow.request.method} "
-                                                         f"{flow.request.path.partition('?')[0]}",
-                                                         "not_found_error"))
+            flow.response = json_response(404, any_error(
+                f"no route for {flow.request.method} {flow.request.path.partition('?')[0]}: the client's base URL "
+                f"must include {PREFIXES[0]}<instance> (instances here: {self.instance_names()})", "not_found_error"))
             return
         name, rest, query = parts
         if name in RESERVED:
             return  # the admin API's
         self.route_gateway(flow, name, rest, query)
 
+    def instance_names(self) -> str:
+        return ", ".join(i.name for i in self.settings.instances) if self.settings.enabled else "none (disabled)"
+
     def route_gateway(self, flow: http.HTTPFlow, name: str, rest: str, query: str) -> None:
         instance = self.settings.instance(name) if self.settings.enabled else None
         if instance is None:
-            flow.response = json_response(404, any_error(f"unknown provider instance {name!r}",
-                                                         "not_found_error"))
+            flow.response = json_response(404, any_error(
+                f"unknown provider instance {name!r} (instances here: {self.instance_names()})"
+                if self.settings.enabled else "AI Bridge is disabled on this gateway", "not_found_error"))
             return
         provider = PROVIDERS[instance.type]
         api_path = provider.api_path(rest)
@@ -111,6 +115,10 @@ class Router:
         identity = self.keys.authenticate(token, datetime.now(UTC))
         if identity is None:
             why = "missing gateway key" if not token else "invalid, revoked or expired gateway key"
+            if byok_token is None and token and looks_like_provider_key(token):
+                why = ("this is a provider key, not a gateway key: send your gateway key instead"
+                       + (", or keep your own key and send the gateway key in X-Aigw-Token (bring-your-own-key)"
+                          if self.settings.allow_byok else ""))
             flow.response = json_response(401, error_body(instance.type, api, why, "authentication_error"))
             return
         byok = byok_token is not None or instance.type == "copilot"

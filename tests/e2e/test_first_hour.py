@@ -1,0 +1,295 @@
+"""The first hour with aigw, run as a new user would: the CLI from directories other than the one the
+gateway started in, the gateway on a non-default port and in the background (`aigw serve --detach`), a
+misspelled variable in the environment, and the exact one-line messages each mistake gets.
+
+The per-user state directory is a temporary `XDG_STATE_HOME`, so nothing here touches the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+import httpx
+import pytest
+
+from addons.cli import round_cost
+from tests.fakes.upstream import FakeUpstream
+from tests.gateway_process import ANTHROPIC_PROVIDER_KEY, clean_env, free_port
+
+pytestmark = pytest.mark.e2e
+
+TYPO = "CODER_AIBRIDGE_ANTROPIC_KEY"
+TYPO_WARNING = f"{TYPO}: unknown variable, ignored (did you mean CODER_AIBRIDGE_ANTHROPIC_KEY?)"
+PRICES = """overrides:
+  - provider: anthropic
+    model: acme-priced-1
+    input: 0.1
+    output: 0.7
+    cache_read: 0.01
+    cache_write: 0.3
+"""
+
+
+def aigw(*args: str, env: dict[str, str], cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """The CLI as `python -m addons` (the same entry point as the `aigw` console script)."""
+    return subprocess.run([sys.executable, "-m", "addons", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a failed command (asserting there is exactly one)."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@dataclass
+class User:
+    env: dict[str, str]
+    home: Path  # $XDG_STATE_HOME/aigw: where the state goes when no directory holds any
+    start_dir: Path  # where `aigw serve --detach` ran
+    other_dir: Path  # where the user runs the CLI later
+    port: int
+    metrics_port: int
+    pid: int
+    prices: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, cwd: Path | None = None, typo: bool = True,
+            **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in self.env.items() if typo or k != TYPO}
+        return aigw(*args, env={**env, **extra}, cwd=cwd or self.other_dir)
+
+    def ok(self, *args: str) -> str:
+        result = self.cli(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def user(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
+    root = tmp_path_factory.mktemp("first-hour")
+    start_dir, other_dir = root / "clone", root / "elsewhere"
+    start_dir.mkdir()
+    other_dir.mkdir()
+    prices = root / "my-prices.yaml"
+    prices.write_text(PRICES)
+    port, metrics_port = free_port(), free_port()
+    env = clean_env(**{
+        "XDG_STATE_HOME": str(root / "state"),
+        "CODER_AIBRIDGE_ANTHROPIC_KEY": ANTHROPIC_PROVIDER_KEY,
+        "CODER_AIBRIDGE_ANTHROPIC_BASE_URL": upstream.url,
+        TYPO: "sk-ant-typo",
+        "CODER_AIBRIDGE_PRICES_FILE": str(prices),
+        "CODER_PROMETHEUS_ENABLE": "true",
+        "CODER_PROMETHEUS_ADDRESS": f"127.0.0.1:{metrics_port}",
+    })
+    started = aigw("serve", "--detach", "--aibridge-listen", f"127.0.0.1:{port}", env=env, cwd=start_dir)
+    assert started.returncode == 0, started.stderr
+    home = root / "state" / "aigw"
+    match = re.fullmatch(rf"aigw: gateway running at http://127\.0\.0\.1:{port} \(pid (\d+)\); "
+                         rf"log: {re.escape(str(home / 'aigw.log'))}; stop: aigw stop\n", started.stdout)
+    assert match, started.stdout
+    u = User(env, home, start_dir, other_dir, port, metrics_port, int(match[1]), prices)
+    yield u
+    try:  # normally test_wait_and_stop stopped it already
+        os.kill(u.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def client(u: User, key: str, base: str = "/api/v2/aibridge/anthropic") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=u.url + base, api_key=key, max_retries=0)  # NO_PROXY=* (clean_env)
+
+
+def latest(u: User) -> dict[str, object]:
+    return json.loads(u.ok("interceptions", "list", "--json", "--limit", "1"))["interceptions"][0]
+
+
+def test_the_cli_in_another_directory_uses_the_gateways_home(user: User) -> None:
+    key = json.loads(user.ok("keys", "create", "--user", "alice", "--json"))["key"]
+    # The key the CLI made is the running gateway's: a request with it goes through.
+    reply = client(user, key).messages.create(model="claude-sonnet-4-5", max_tokens=20,
+                                              messages=[{"role": "user", "content": "first request…"}])
+    assert reply.content[0].type == "text"
+    listing = user.ok("interceptions", "list")
+    assert "alice" in listing and "claude-sonnet-4-5" in listing
+    # `interceptions show` takes the start of an id, as people copy it from the list.
+    iid = str(latest(user)["id"])
+    shown = user.ok("interceptions", "show", iid[:8])
+    assert json.loads(shown)["id"] == iid
+    assert "first request…" in shown and "\\u2026" not in shown  # readable JSON
+    assert "alice" in user.ok("keys", "list")
+    assert not any(user.other_dir.iterdir()), "the CLI created files in the directory it ran from"
+    assert not any(user.start_dir.iterdir())
+
+
+def test_config_check_says_which_home_and_warns_about_typos(user: User) -> None:
+    out = user.ok("config", "check")
+    lines = out.splitlines()
+    assert f"warning: {TYPO_WARNING}" in lines
+    assert (f"home: {user.home} (the per-user state directory, as the current directory holds no aigw state)"
+            in lines)
+    assert f"database: {user.home / 'data' / 'aibridge.duckdb'} (in the home; exists)" in lines
+    assert f"CA: {user.home / 'certs' / 'mitmproxy-ca-cert.pem'} (exists)" in lines
+    assert f"prices: {user.prices}" in lines
+    assert f"gateway: running at {user.url} (pid {user.pid})" in lines
+    # Other commands warn on stderr; the gateway warned once at start, in its log.
+    assert user.cli("keys", "list").stderr == f"aigw: warning: {TYPO_WARNING}\n"
+    assert f"WARN  aigw: {TYPO_WARNING}" in (user.home / "aigw.log").read_text()
+
+
+def test_env_prints_the_running_address_and_writes_a_bundle_only_when_asked(user: User) -> None:
+    out = user.ok("env")
+    assert f"export HTTPS_PROXY='http://aigw:<gateway-key>@127.0.0.1:{user.port}'\n" in out
+    assert f"export NODE_EXTRA_CA_CERTS={user.home / 'certs' / 'mitmproxy-ca-cert.pem'}" in out
+    assert "export SSL_CERT_FILE" not in out and "aigw env --bundle FILE" in out
+    assert sorted(p.name for p in (user.home / "certs").iterdir() if "bundle" in p.name) == []
+    bundle = user.other_dir.parent / "bundle.pem"
+    result = user.cli("env", "--bundle", str(bundle))
+    assert f"export SSL_CERT_FILE={bundle}   #" in result.stdout
+    assert f"export REQUESTS_CA_BUNDLE={bundle}\n" in result.stdout
+    assert re.search(rf"aigw: wrote {re.escape(str(bundle))}: \d+ certificates", result.stderr)
+    assert bundle.read_text().count("BEGIN CERTIFICATE") > 20
+
+
+def test_errors_name_the_fix(user: User) -> None:
+    def message(path: str, **headers: str) -> tuple[int, str]:
+        r = httpx.post(user.url + path, json={"model": "m", "max_tokens": 1, "messages": []}, headers=headers,
+                       trust_env=False)
+        return r.status_code, r.json()["error"]["message"]
+
+    assert message("/api/v2/aibridge/antropic/v1/messages") == (
+        404, "unknown provider instance 'antropic' (instances here: anthropic)")
+    assert message("/v1/messages") == (
+        404, "no route for POST /v1/messages: the client's base URL must include /api/v2/aibridge/<instance> "
+             "(instances here: anthropic)")
+    assert message("/api/v2/aibridge/anthropic/v1/messages", **{"x-api-key": "sk-ant-api03-" + "x" * 40}) == (
+        401, "this is a provider key, not a gateway key: send your gateway key instead, or keep your own key "
+             "and send the gateway key in X-Aigw-Token (bring-your-own-key)")
+    # What an SDK user sees with a base URL that lacks the gateway prefix.
+    with pytest.raises(anthropic.NotFoundError, match=r"base URL must include /api/v2/aibridge/<instance>"):
+        client(user, "aigw_x", base="").messages.create(model="m", max_tokens=1,
+                                                        messages=[{"role": "user", "content": "hi"}])
+
+
+def test_startup_mistakes_are_one_line(user: User, tmp_path: Path) -> None:
+    other_home = {"CODER_AIBRIDGE_HOME": str(tmp_path / "home"), "CODER_PROMETHEUS_ENABLE": "false", "typo": False}
+    busy = user.cli("serve", "--aibridge-listen", f"127.0.0.1:{user.port}", **other_home)
+    assert one_line(busy) == (f"aigw: cannot listen on 127.0.0.1:{user.port}: address already in use "
+                              "(another gateway? stop it with aigw stop, or pick another --aibridge-listen)")
+    free = f"127.0.0.1:{free_port()}"
+    loud = user.cli("serve", "--aibridge-listen", free, "--set", "termlog_verbosity=LOUD", **other_home)
+    assert one_line(loud) == ("aigw: --set termlog_verbosity=LOUD: invalid value 'LOUD' for termlog_verbosity "
+                              "(expected one of error, warn, info, alert, debug)")
+    grace = user.cli("serve", "--aibridge-listen", free, "--set", "aigw_shutdown_grace=soon", **other_home)
+    assert one_line(grace) == ("aigw: aigw_shutdown_grace: invalid duration 'soon' "
+                               "(use e.g. 90d, 720h, 30m, 45s or 1h30m)")
+    expires = user.cli("keys", "create", "--user", "bob", "--expires", "90days", typo=False)
+    assert one_line(expires) == (
+        "aigw: --expires: invalid duration '90days' (use e.g. 90d, 720h, 30m, 45s or 1h30m; 0 never expires)")
+
+
+def test_prices_come_from_the_prices_file_and_missing_ones_say_how_to_add_them(user: User) -> None:
+    key = json.loads(user.ok("keys", "create", "--user", "carol", "--json"))["key"]
+    for model in ("acme-priced-1", "acme-unpriced-1"):
+        client(user, key).messages.create(model=model, max_tokens=20, messages=[{"role": "user", "content": "x"}])
+    shown = json.loads(user.ok("interceptions", "show", str(latest(user)["id"])))
+    assert shown["model"] == "acme-unpriced-1"
+    missing = user.ok("prices", "missing").splitlines()
+    assert any("acme-unpriced-1" in line for line in missing)
+    assert missing[-1] == (
+        "To price a model, add an entry such as `- {provider: anthropic, model: acme-unpriced-1, input: 3.00, "
+        f"output: 15.00}}` (USD per 1M tokens) to {user.prices}, then restart the gateway.")
+    rows = json.loads(user.ok("query", "SELECT i.model, t.cost_usd FROM aibridge_token_usages t JOIN "
+                              "aibridge_interceptions i ON i.id = t.interception_id WHERE i.model = 'acme-priced-1'",
+                              "--format", "json"))
+    # 25 input, 12 output, 100 cache-read, 7 cache-write tokens (the fake's usage) at the file's prices.
+    expected = (25 * 0.1 + 12 * 0.7 + 100 * 0.01 + 7 * 0.3) / 1e6
+    assert rows == [{"model": "acme-priced-1", "cost_usd": round_cost(expected)}]
+
+
+def test_every_metric_the_dashboard_queries_exists(user: User) -> None:
+    dashboard = (Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "aigw-dashboard.json").read_text()
+    queried = set(re.findall(r"coder_aibridged_[a-z_]+", dashboard))
+    exposed = httpx.get(f"http://127.0.0.1:{user.metrics_port}/metrics", trust_env=False).text
+    names = set(re.findall(r"^# TYPE (coder_aibridged_\w+) ", exposed, re.MULTILINE))
+    suffixes = ("_bucket", "_sum", "_count")
+    missing = {q for q in queried if q not in names and q.removesuffix("_total") not in names
+               and not any(q.endswith(s) and q.removesuffix(s) in names for s in suffixes)}
+    assert len(queried) > 15 and not missing
+    assert f'coder_aibridged_build_info{{mitmproxy_version="' in exposed
+
+
+def test_wait_and_stop(user: User) -> None:
+    assert user.ok("wait") == f"aigw: gateway ready at {user.url}\n"
+    assert user.ok("stop") == f"aigw: stopped the gateway at {user.url} (pid {user.pid})\n"
+    assert one_line(user.cli("wait", "--timeout", "0.5", typo=False)).startswith(
+        "aigw: no gateway ready within 0.5 s")
+    assert one_line(user.cli("stop", typo=False)) == (
+        f"aigw: no gateway runs for {user.home / 'data' / 'aibridge.duckdb'} (home {user.home}: the per-user "
+        "state directory, as the current directory holds no aigw state); point elsewhere with --aibridge-home DIR "
+        "or CODER_AIBRIDGE_HOME=DIR")
+
+
+# -- without a gateway --------------------------------------------------------------------------
+
+
+READ_COMMANDS = (
+    ["keys", "list"], ["keys", "revoke", "aigw_00000000"], ["keys", "create", "--user", "x"],
+    ["query", "SELECT 1"], ["interceptions", "list"], ["interceptions", "show", "abc"], ["sessions", "list"],
+    ["report", "--out", "r.html"], ["snapshot"], ["prices", "missing"],
+)
+
+
+def test_read_commands_never_create_state(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = clean_env(XDG_STATE_HOME=str(state))
+    where = (f"(home {state / 'aigw'}: the per-user state directory, as the current directory holds no aigw "
+             "state); start the gateway first (aigw serve), or point elsewhere with --aibridge-home DIR or "
+             "CODER_AIBRIDGE_HOME=DIR")
+    for command in READ_COMMANDS:
+        assert one_line(aigw(*command, env=env, cwd=tmp_path)) == (
+            f"aigw: no database at {state / 'aigw' / 'data' / 'aibridge.duckdb'} {where}"), command
+    for command in (["ca"], ["env"], ["ca", "--bundle", "b.pem"]):
+        assert one_line(aigw(*command, env=env, cwd=tmp_path)) == (
+            f"aigw: no CA at {state / 'aigw' / 'certs' / 'mitmproxy-ca-cert.pem'} {where} "
+            "(or create it now: aigw ca --init)"), command
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a read command created files"
+    # An explicit --aibridge-db names the variable to fix instead.
+    result = aigw("keys", "list", "--aibridge-db", "nope.duckdb", env=env, cwd=tmp_path)
+    assert one_line(result) == ("aigw: no database at nope.duckdb (set by --aibridge-db); start the gateway "
+                                "first (aigw serve), or fix --aibridge-db")
+
+
+def test_first_key_before_the_first_start_needs_a_named_home(tmp_path: Path) -> None:
+    env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"), CODER_AIBRIDGE_HOME=str(tmp_path / "home"))
+    created = aigw("keys", "create", "--user", "root", "--admin", "--json", env=env, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "home" / "data" / "aibridge.duckdb").is_file()
+    assert aigw("ca", "--init", env=env, cwd=tmp_path).stdout.strip() == str(
+        tmp_path / "home" / "certs" / "mitmproxy-ca-cert.pem")
+    # From a directory that now holds state, that directory is the home without being named.
+    env.pop("CODER_AIBRIDGE_HOME")
+    out = aigw("config", "check", env=env, cwd=tmp_path / "home").stdout
+    assert f"home: {tmp_path / 'home'} (the current directory holds data/aibridge.duckdb)" in out.splitlines()
+
+
+def test_version_and_python_m_addons(tmp_path: Path) -> None:
+    from addons import __version__
+
+    result = aigw("--version", env=clean_env(), cwd=tmp_path)
+    assert result.stdout == f"aigw {__version__}\n" and __version__ != "0+unknown"
