@@ -9,7 +9,6 @@ database (readable only by its owner) for the CLI on the same machine.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -97,9 +96,10 @@ class AdminApi:
     def authenticate(self, flow: http.HTTPFlow) -> Identity:
         token = presented_credential(flow.request.headers)
         # The local admin token is for the CLI on this machine; a remote peer must use an admin key.
-        if token and _is_admin_token(token, self.keys.admin_token) and not from_loopback(flow):
+        local = from_loopback(flow)
+        if token and not local and self.keys.is_admin_token(token):
             raise ApiError(401, "the local admin token is accepted only from this machine", "authentication_error")
-        identity = self.keys.authenticate(token, datetime.now(UTC))
+        identity = self.keys.authenticate(token, datetime.now(UTC), local_admin=local)
         if identity is None:
             raise ApiError(401, "missing or invalid gateway key", "authentication_error")
         return identity
@@ -311,10 +311,6 @@ class AdminApi:
         except QueryError as e:
             raise ApiError(400, str(e), "invalid_request_error") from None
         return 200, {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
-
-
-def _is_admin_token(token: str, admin_token: str) -> bool:
-    return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), admin_token.encode())
 
 
 def from_loopback(flow: http.HTTPFlow) -> bool:

@@ -47,7 +47,7 @@ class KeyCache:
         if not token or not token.isascii():
             return None  # keys are ASCII; anything else (e.g. undecodable header bytes) is no key
         if self.is_admin_token(token):
-            return LOCAL_ADMIN
+            return LOCAL_ADMIN if local_admin else None
         info = self._by_hash.get(hash_key(token))
         if info is None or not info.usable(now):
             return None

@@ -8,7 +8,10 @@ proves that the CLI's loopback path keeps working, from 127.0.0.1 and from anoth
 from __future__ import annotations
 
 import asyncio
+import base64
+import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,10 +21,11 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from addons.admin import AdminApi, from_loopback
-from addons.auth import KeyCache
+from addons.auth import LOCAL_ADMIN, KeyCache
 from addons.config import Settings
 from addons.recorder import Recorder
 from addons.store import keys as keystore
+from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import Gateway
 
 REMOTE = ["203.0.113.7", "10.0.0.2", "192.168.1.20", "::ffff:10.0.0.2", "2001:db8::1", "fe80::1%eth0",
@@ -99,3 +103,30 @@ def test_the_cli_keeps_working_over_loopback(gateway: Gateway) -> None:
         with httpx.Client(transport=transport, trust_env=False) as client:
             response = client.get(gateway.url + "/api/v2/aibridge/keys", headers={"authorization": f"Bearer {token}"})
         assert response.status_code == 200, response.text
+
+
+def test_the_admin_token_is_no_gateway_key(admin: Admin) -> None:
+    now = datetime.now(UTC)
+    assert admin.keys.authenticate(admin.keys.admin_token, now) is None
+    assert admin.keys.authenticate(admin.keys.admin_token, now, local_admin=True) is LOCAL_ADMIN
+    assert admin.keys.authenticate(admin.user_key, now) is not None
+
+
+def connect_status(gw: Gateway, password: str) -> int:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        auth = base64.b64encode(f"aigw:{password}".encode()).decode()
+        sock.sendall(f"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n"
+                     f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+@pytest.mark.e2e
+def test_the_admin_token_carries_no_provider_traffic(gateway: Gateway, upstream: FakeUpstream) -> None:
+    token = gateway.admin_token()
+    response = httpx.post(gateway.url + "/api/v2/aibridge/anthropic/v1/messages", trust_env=False,
+                          json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+                          headers={"x-api-key": token, "anthropic-version": "2023-06-01"})
+    assert response.status_code == 401 and token not in response.text
+    assert upstream.requests == []
+    assert connect_status(gateway, token) == 407
+    assert connect_status(gateway, gateway.user_key) == 200  # type: ignore[attr-defined]
