@@ -220,3 +220,21 @@ def test_connect_refused(gw: Gateway) -> None:
     assert caught.value.status_code == 502
     row = recorded(gw, before)
     assert row["status"] == "failed" and "connect" in row["metadata"]["error"].lower()
+
+
+def test_blocking_body_hanging_midway(gw: Gateway, upstream: FakeUpstream, gates: list[Gate]) -> None:
+    before = settled_count(gw)
+    upstream.queue(Reply(chunks=[b'{"id": "msg_1", "type": "mess', hang(gates), b'age"}']))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        anthropic_client(gw).messages.create(**PROMPT)
+    assert caught.value.status_code == 502  # nothing reached the client yet: the gateway's own error
+    row = recorded(gw, before)
+    assert (row["status"], row["metadata"]["error"]) == ("failed", "upstream timeout after 1s")
+
+
+def test_passthrough_route_hanging_before_headers(gw: Gateway, upstream: FakeUpstream, gates: list[Gate]) -> None:
+    upstream.queue(Reply(head_gate=hang(gates)))
+    response = httpx.get(f"{gw.url}/api/v2/aibridge/anthropic/v1/models", timeout=30, trust_env=False,
+                         headers={"x-api-key": gw.user_key})  # type: ignore[attr-defined]
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout_error"
