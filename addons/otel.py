@@ -3,9 +3,10 @@
 Imported only when `--aibridge-otel` (or an OTLP endpoint variable) turns it on, so a gateway
 without it loads none of the SDK. `OtelSink` consumes the recorder's records like the
 structured log and the Prometheus sink: it keeps what an interception produced until the end
-record, then builds the finished span from the records' own times (no span object lives across
-a stream) and hands it to the SDK's batch processor, whose thread exports it. A slow or dead
-collector only fills that bounded queue; what does not fit is dropped and counted in
+record, then enqueues it for the hand-off thread, which builds the finished span from the
+records' own times (no span object lives across a stream), records the measurements and hands
+the span to the SDK's batch processor, whose thread exports it. A slow or dead collector only
+fills those bounded queues; what does not fit is dropped and counted in
 `coder_aibridged_otel_dropped_spans_total`, and traffic never waits for it.
 
 Span ids come from the interception id (its low 64 bits), trace ids too (the whole UUID) unless
