@@ -49,9 +49,12 @@ _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (InterceptionStart, InterceptionEnd, TokenUsageRecord, PromptRecord, ToolUsageRecord, ThoughtRecord)
 }
-# Fields decoded back from RFC 3339 text (annotations are strings: records.py uses postponed evaluation).
+# Fields decoded back from RFC 3339 text, and from JSON arrays (annotations are strings:
+# records.py uses postponed evaluation).
 _TIMES = {name: tuple(f.name for f in dataclasses.fields(cls) if "datetime" in str(f.type))
           for name, cls in _TYPES.items()}
+_TUPLES = {name: tuple(f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple"))
+           for name, cls in _TYPES.items()}
 
 
 def json_default(obj: Any) -> Any:
@@ -188,6 +191,9 @@ def _decode(line: bytes) -> Record | None:
         for key in _TIMES[name]:
             if isinstance(fields.get(key), str):
                 fields[key] = datetime.fromisoformat(fields[key])
+        for key in _TUPLES[name]:
+            if isinstance(fields.get(key), list):
+                fields[key] = tuple(fields[key])
         return cls(**fields)  # type: ignore[no-any-return]
     except Exception:
         log.error("dropping an unreadable spool record: %.200r", line)

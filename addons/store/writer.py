@@ -525,7 +525,7 @@ class RecordWriter:
                 control.error = exc
                 self._rollback_quietly()
                 if _needs_reopen(exc):
-                    self._reopen_needed = True
+                    self._failed(exc)
             finally:
                 control.done.set()
         elif isinstance(control, _Stop):
@@ -627,6 +627,8 @@ class RecordWriter:
         self._reopen_needed = False
         self._markers_ready = False
         log.warning("reopened the database (after: %s)", self._failing)
+        if self._spool is None or not len(self._spool):
+            self._succeeded()  # nothing waits; the next write tells whether it works
         return True
 
     def _resume(self) -> None:
@@ -706,25 +708,13 @@ class RecordWriter:
         accepted: list[Record] = []
         for i in range(0, len(records), _RETRY_GROUP):
             group = records[i : i + _RETRY_GROUP]
-            if len(group) > 1:
-                exc = self._attempt(accepted + group, dry_run=True)
-                if exc is None:
-                    accepted += group
-                    continue
-                if not _is_data_error(exc):
-                    self._failed(exc)
-                    return False
-            for record in group:
-                exc = self._attempt([*accepted, record], dry_run=True)
-                if exc is None:
-                    accepted.append(record)
-                elif not _is_data_error(exc):
-                    self._failed(exc)
-                    return False
-                else:
-                    log.error("dropped %s for interception %s: %s", type(record).__name__,
-                              getattr(record, "interception_id", getattr(record, "id", "?")), exc)
-                    self._count_dropped(1)
+            exc = self._attempt(accepted + group, dry_run=True)
+            if exc is not None and _is_data_error(exc):
+                group, exc = self._isolate(group, accepted)
+            if exc is not None:
+                self._failed(exc)
+                return False
+            accepted += group
         if not accepted and marker is None:
             return True
         exc = self._attempt(accepted, marker)
@@ -732,6 +722,38 @@ class RecordWriter:
             self._failed(exc)
             return False
         return True
+
+    def _isolate(self, group: list[Record], accepted: list[Record]) -> tuple[list[Record], Exception | None]:
+        """The records of `group` the database takes after `accepted` (dry runs); the others are
+        dropped, logged and counted. Each record on its own first (cheap); only if the rest still
+        fails, each after everything kept (refused only together with others, e.g. a duplicate id)."""
+        kept: list[Record] = []
+        for record in group:
+            exc = self._attempt([record], dry_run=True)
+            if exc is None:
+                kept.append(record)
+            elif not _is_data_error(exc):
+                return [], exc
+            else:
+                self._refused(record, exc)
+        exc = self._attempt(accepted + kept, dry_run=True)
+        if exc is None or not _is_data_error(exc):
+            return kept, exc
+        together: list[Record] = []
+        for record in kept:
+            exc = self._attempt([*accepted, *together, record], dry_run=True)
+            if exc is None:
+                together.append(record)
+            elif not _is_data_error(exc):
+                return [], exc
+            else:
+                self._refused(record, exc)
+        return together, None
+
+    def _refused(self, record: Record, exc: Exception) -> None:
+        log.error("dropped %s for interception %s: %s", type(record).__name__,
+                  getattr(record, "interception_id", getattr(record, "id", "?")), exc)
+        self._count_dropped(1)
 
     def _attempt(self, records: list[Record], marker: str | None = None,
                  dry_run: bool = False) -> Exception | None:

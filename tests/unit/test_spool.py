@@ -84,7 +84,7 @@ def test_batches_round_trip_private_and_in_order(spool: Spool, dbpath: Path) -> 
     first = [start(iid, meta={"tags": {"a"}, "raw": b"bytes", "when": T0}), prompt(iid), token(iid),
              tool(iid, "c1"), ThoughtRecord(iid, "thinking…", {"source": "thinking"}, T0),
              InterceptionEnd(iid, T0 + timedelta(seconds=1), "completed", {"response_id": "msg_1"},
-                             first_chunk_at=T0 + timedelta(milliseconds=300))]
+                             first_chunk_at=T0 + timedelta(milliseconds=300), finish_reasons=("end_turn",))]
     spool.append(first)
     spool.append([end(uid())])
     assert len(spool) == 2 and spool.records == 7
@@ -315,3 +315,19 @@ def test_unwritable_spool_drops_with_error_and_metric(db: duckdb.DuckDBPyConnect
     assert w.flush()
     assert w.failing is None and count(db, "aibridge_interceptions") == 1
     w.close()
+
+
+def test_records_refused_only_together_with_others_are_found(db: duckdb.DuckDBPyConnection) -> None:
+    w = RecordWriter(db, flush_interval=5)
+    old, twice, new = uid(), uid(), uid()
+    w.start()
+    w.submit(start(old))
+    assert w.flush()
+    for r in (start(old), start(twice), prompt(twice), start(twice), start(new), end(new)):  # one batch
+        w.submit(r)
+    assert w.flush()
+    w.close()
+    assert w.dropped_records == 2  # the start already in the database, the second start of `twice`
+    assert count(db, "aibridge_interceptions") == 3
+    assert count(db, "aibridge_interceptions", "status = 'completed'") == 1
+    assert count(db, "aibridge_user_prompts") == 1
