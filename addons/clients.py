@@ -86,6 +86,9 @@ _ANY_SESSION: tuple[str, ...] = tuple(dict.fromkeys(
     name for client in (CLAUDE_CODE, CODEX, COPILOT_CLI, COPILOT_VSCODE, KILO_CODE, MUX, CODER_AGENTS, OPENCODE,
                         ROO_CODE, CLINE)
     for name in client.session_headers or ()))
+# Every header detection reads (each tool's session headers are among _ANY_SESSION).
+_READ = frozenset({"user-agent", "copilot-integration-id", "x-title", "originator", "x-cursor-client-version",
+                   "x-initiator", *_ANY_SESSION})
 
 # The `originator` header, exactly (Codex's values are all `codex_*`).
 _ORIGINATORS: dict[str, Client] = {"kilo-code": KILO_CODE, "roo-code": ROO_CODE, "cline": CLINE,
@@ -98,12 +101,16 @@ _BARE_JS_SDKS = (OPENAI_JS, ANTHROPIC_JS, UNKNOWN)
 
 def identify(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> Identity:
     """The client, its version (from its own User-Agent, or Cursor's header) and its session id."""
-    user_agent = headers.get("user-agent", "").strip()
-    client, version = _detect(headers, user_agent)
-    return Identity(client.name, version, _session_id(client, headers, body))
+    # One pass over the names, then a lookup per header that matters and is there: a lookup in
+    # mitmproxy's Headers scans every field, and most requests carry few of these.
+    names = {name.lower() for name in headers} & _READ
+    found = {name: headers.get(name, "") for name in names}
+    user_agent = found.get("user-agent", "").strip()
+    client, version = _detect(found, user_agent)
+    return Identity(client.name, version, _session_id(client, found, body))
 
 
-def _detect(headers: Mapping[str, str], user_agent: str) -> tuple[Client, str | None]:
+def _detect(headers: dict[str, str], user_agent: str) -> tuple[Client, str | None]:
     lowered = user_agent.lower()
     integration = headers.get("copilot-integration-id", "").lower()
     if integration == "copilot-developer-cli":
@@ -149,7 +156,7 @@ def _version(client: Client, user_agent: str, lowered: str) -> str | None:
     return token[:_MAX_VERSION] or None
 
 
-def _session_id(client: Client, headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:
+def _session_id(client: Client, headers: dict[str, str], body: Mapping[str, Any] | None) -> str | None:
     names = _ANY_SESSION if client.session_headers is None else client.session_headers
     for name in names:
         value = _clean(headers.get(name))
