@@ -7,6 +7,8 @@ connection itself. Every documented table and view stays queryable.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import threading
@@ -16,9 +18,15 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
+from mitmproxy.test import tflow
 
+from addons import admin as admin_module
+from addons.admin import AdminApi
+from addons.auth import KeyCache
+from addons.config import Settings
+from addons.recorder import Recorder
 from addons.store import db
-from addons.store.query import QueryError, run_query
+from addons.store.query import QueryError, QueryResult, run_query
 from tests.gateway_process import REPO, Gateway
 
 pytestmark = pytest.mark.e2e
@@ -255,3 +263,34 @@ def test_a_read_only_connection_is_sandboxed_too(tmp_path: Path) -> None:
         assert run_query(conn, "select count(*) from api_keys").rows == [[0]]
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- the handler always answers JSON
+
+
+@pytest.mark.parametrize("failure", ["unserialisable", "raises"])
+def test_a_failing_query_handler_answers_json_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     failure: str) -> None:
+    recorder = Recorder(Settings(db=tmp_path / "data" / "aibridge.duckdb"))
+    recorder.open()
+    keys = KeyCache({})
+    api = AdminApi(recorder.settings, recorder, keys)
+
+    def broken(conn: object, sql: str) -> QueryResult:
+        if failure == "raises":
+            raise RuntimeError("boom")
+        return QueryResult(["x"], [[object()]])
+
+    monkeypatch.setattr(admin_module, "run_query", broken)
+    flow = tflow.tflow()
+    flow.request.method, flow.request.path = "POST", "/api/v2/aibridge/query"
+    flow.request.headers["authorization"] = f"Bearer {keys.admin_token}"
+    flow.request.content = b'{"sql": "select 1"}'
+    try:
+        asyncio.run(api.request(flow))
+    finally:
+        recorder.done()
+    assert flow.response is not None and flow.response.status_code == 500
+    assert flow.response.headers["content-type"] == "application/json"
+    assert json.loads(flow.response.content)["error"] == {"type": "api_error", "message": "internal error",
+                                                          "code": None}
