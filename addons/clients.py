@@ -2,12 +2,13 @@
 
 The signals are those of Coder's AI Gateway (aibridge's `GuessClient` /
 `GuessSessionID`): a User-Agent prefix, the `originator` header, Cursor's
-`x-cursor-client-version`. On top of them: GitHub's `copilot-integration-id`,
-the `X-Title` header that Kilo Code, Roo Code and Cline send, opencode, Cline,
-Factory's droid, and the stock SDKs / HTTP tools for what is left. A client's
-coding tool's session id is read only from the headers *that* tool is known to send,
-so one tool's header never groups another tool's requests; a library or an unknown
-client has none of its own and may send any of them (a script grouping its calls).
+`x-cursor-client-version`. On top of them: GitHub's `copilot-integration-id`, the
+`X-Title` that Kilo Code, Roo Code and Cline send, the User-Agents of opencode,
+Cline and Factory's droid, and the stock SDKs / HTTP tools for what is left. A
+coding tool's session id is read only from the headers *that* tool is known to
+send, so one tool's header never groups another tool's requests; a library or an
+unknown client has none of its own and may send any of them (a script grouping
+its calls).
 
 It runs once per intercepted request: a few dict lookups and `startswith` calls
 over a fixed table, no regular expressions.

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from addons import clients
 from addons.clients import identify
 from tests import txtar
 
@@ -238,3 +239,9 @@ def test_a_user_id_without_claude_codes_session_shape_is_no_session() -> None:
     body = json.loads(sections["request"])
     assert body["metadata"]["user_id"] == "session_abc123"
     assert identify({"user-agent": "claude-cli/2.1.197 (external, sdk-cli)"}, body).session_id is None
+
+
+def test_every_session_header_is_read() -> None:
+    """identify() only looks up the headers in `_READ`: a tool's session header missing there would never match."""
+    tools = [v for v in vars(clients).values() if isinstance(v, clients.Client)]
+    assert {h for tool in tools for h in tool.session_headers or ()} <= clients._READ
