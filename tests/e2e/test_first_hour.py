@@ -21,6 +21,7 @@ import anthropic
 import httpx
 import pytest
 
+from addons import __version__
 from addons.cli import round_cost
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import ANTHROPIC_PROVIDER_KEY, clean_env, free_port
@@ -231,7 +232,8 @@ def test_every_metric_the_dashboard_queries_exists(user: User) -> None:
     missing = {q for q in queried if q not in names and q.removesuffix("_total") not in names
                and not any(q.endswith(s) and q.removesuffix(s) in names for s in suffixes)}
     assert len(queried) > 15 and not missing
-    assert f'coder_aibridged_build_info{{mitmproxy_version="' in exposed
+    assert re.search(r'^coder_aibridged_build_info\{mitmproxy_version="[\d.]+",python_version="[\d.]+",'
+                     rf'version="{re.escape(__version__)}"\}} 1\.0$', exposed, re.MULTILINE)
 
 
 def test_wait_and_stop(user: User) -> None:
@@ -289,7 +291,88 @@ def test_first_key_before_the_first_start_needs_a_named_home(tmp_path: Path) -> 
 
 
 def test_version_and_python_m_addons(tmp_path: Path) -> None:
-    from addons import __version__
-
     result = aigw("--version", env=clean_env(), cwd=tmp_path)
     assert result.stdout == f"aigw {__version__}\n" and __version__ != "0+unknown"
+
+
+# -- packaging and deployment files -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_wheel_install_ships_the_default_prices(tmp_path: Path) -> None:
+    """Build a real wheel and install it (not editable) into a fresh virtualenv whose dependencies come
+    from the test virtualenv, then use it from a directory outside the checkout."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).write_bytes((REPO / name).read_bytes())
+    subprocess.run(["cp", "-rL", str(REPO / "addons"), str(src)], check=True)
+    # The build backend directly (setuptools is a pinned test dependency), offline.
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                            "print(build_meta.build_wheel(sys.argv[1]))", str(tmp_path / "dist")],
+                           cwd=src, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    wheel = tmp_path / "dist" / built.stdout.split()[-1]
+    venv = tmp_path / "venv"
+    subprocess.run([Path(sys.base_prefix) / "bin" / "python3", "-m", "venv", "--without-pip", str(venv)],
+                   check=True, timeout=60)
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                                "--quiet", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # Dependencies from the test virtualenv; aigw itself only from the wheel (a .pth line adds a plain path,
+    # so the test virtualenv's editable-install hook is not loaded).
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "mitmproxy").is_dir())
+    (site / "test-deps.pth").write_text(f"{deps}\n")
+    run_dir = tmp_path / "somewhere"
+    run_dir.mkdir()
+    env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"))
+    version = subprocess.run([venv / "bin" / "aigw", "--version"], env=env, cwd=run_dir, capture_output=True,
+                             text=True, timeout=60)
+    assert version.stdout == f"aigw {__version__}\n", version.stderr
+    check = subprocess.run([venv / "bin" / "python", "-m", "addons", "config", "check"], env=env, cwd=run_dir,
+                           capture_output=True, text=True, timeout=60)
+    assert f"prices: {site / 'addons' / 'prices.yaml'}" in check.stdout.splitlines(), check.stderr
+    rates = subprocess.run(
+        [venv / "bin" / "python", "-c", "import addons, sys; from addons.store.prices import Pricer; "
+         "assert addons.__file__.startswith(sys.argv[1]), addons.__file__; "
+         "print(Pricer().rates('openai', 'acme-coder-7').source)", str(site)],
+        env=env, cwd=run_dir, capture_output=True, text=True, timeout=60)
+    assert rates.stdout == "override:openai/acme-coder-*\n", rates.stderr
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify also checks that ExecStart exists: point it at an executable this machine has.
+    unit = (REPO / "deploy" / "systemd" / "aigw.service").read_text()
+    assert "ExecStart=/opt/aigw/bin/aigw serve" in unit and "DynamicUser=yes" in unit
+    (tmp_path / "aigw.service").write_text(unit.replace("/opt/aigw/bin/aigw", sys.executable + " -m addons"))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "aigw.service")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "aigw.service" not in result.stderr, result.stderr
+
+
+def test_the_docker_image_builds_and_becomes_healthy(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("docker") is None:
+        pytest.skip("docker is not installed")
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("no Docker daemon is reachable (docker info fails)")
+    tag = f"aigw-test:{os.getpid()}"
+    subprocess.run(["docker", "build", "-q", "-f", "deploy/Dockerfile", "-t", tag, "."], cwd=REPO, check=True,
+                   timeout=1200)
+    name = f"aigw-test-{os.getpid()}"
+    subprocess.run(["docker", "run", "-d", "--name", name, tag], check=True, timeout=60)
+    try:
+        waited = subprocess.run(["docker", "exec", name, "aigw", "wait", "--timeout", "60"], capture_output=True,
+                                text=True, timeout=90)
+        assert waited.stdout == "aigw: gateway ready at http://127.0.0.1:8888\n", waited.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
