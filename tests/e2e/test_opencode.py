@@ -9,7 +9,9 @@ small model, then the fake upstream's tool call (rejected by opencode) and its t
 
 Base-URL mode: the provider's `baseURL` is the gateway route (Anthropic's includes `/v1`) and
 `apiKey` the gateway key. Proxy mode: no baseURL, `HTTPS_PROXY=http://aigw:<key>@…` and the
-gateway CA in `NODE_EXTRA_CA_CERTS`, which opencode's Bun runtime honours like Node does.
+gateway CA in `NODE_EXTRA_CA_CERTS`, which opencode's Bun runtime honours like Node does (so
+does `SSL_CERT_FILE` with the `aigw ca --bundle` file; with neither, opencode stops at
+"unable to verify the first certificate").
 
 Every call is recorded as client `OpenCode` with `client_version` 1.18.33 in its metadata, and
 the whole run is one session: opencode's own session id (`x-session-affinity`).
