@@ -107,7 +107,8 @@ class HookTable(addonmanager.AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception as e:
-                self._failed(name, args, func, e, "_run")
+                if self._failed(name, args, func, e, "_run"):
+                    return
 
     def trigger(self, event: hooks.Hook) -> None:
         plan = self._plan(event)
@@ -128,22 +129,27 @@ class HookTable(addonmanager.AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception as e:
-                self._failed(event.name, args, func, e, "trigger")
+                if self._failed(event.name, args, func, e, "trigger"):
+                    return
 
-    def _failed(self, name: str, args: list[Any], func: Any, exc: Exception, frame: str) -> None:
-        """An addon raised: the guard (addons/guard.py) makes sure its flow goes nowhere, else just log."""
+    def _failed(self, name: str, args: list[Any], func: Any, exc: Exception, frame: str) -> bool:
+        """An addon raised: the guard (addons/guard.py) makes sure its flow goes nowhere, else just log.
+
+        True: the event ends here (no later addon may undo what the guard did to the flow).
+        """
         guard = self.lookup.get("aigw_guard")
         if guard is None or not args:
             _log_addon_error(frame)
-            return
+            return False
         addon = type(getattr(func, "__self__", func)).__name__
         try:
-            guard.fail(args[0], name, addon, exc)
+            return bool(guard.fail(args[0], name, addon, exc))
         except Exception:
             _log_addon_error(frame)
             subject = args[0]
             if isinstance(subject, flow.Flow) and subject.killable:
                 subject.kill()  # the guard itself failed: at least never forward
+            return False
 
     def _configure_all(self, updated: set[str]) -> None:
         self._plans.clear()

@@ -251,25 +251,26 @@ class Guard:
 
     # -- the engine's failure path -----------------------------------------------------
 
-    def fail(self, subject: object, hook: str, addon: str, exc: BaseException) -> None:
+    def fail(self, subject: object, hook: str, addon: str, exc: BaseException) -> bool:
         """An addon raised while handling `subject` in `hook`: make sure nothing goes on from here.
 
-        Logged here, once; the engine does not log it again.
+        Logged here, once; the engine does not log it again. True: the engine ends the event here, so
+        that no later addon re-enables what was stopped (e.g. streams the upstream's body after all).
         """
         if isinstance(subject, server_hooks.ServerConnectionHookData):
             subject.server.error = "the gateway refused this connection after an internal error"
             log.error("%s failed in %s; connection refused", addon, hook, exc_info=exc)
-            return
+            return True
         if not isinstance(subject, mflow.Flow):
             log.error("%s failed in %s", addon, hook, exc_info=exc)
-            return
+            return False
         interception_id = subject.metadata.get("aigw_interception_id")
         log.error("%s failed in %s (interception %s); the gateway answers the flow itself", addon, hook,
                   interception_id or "-", exc_info=exc, extra={"interception_id": interception_id})
         if not isinstance(subject, http.HTTPFlow):
             if subject.killable:
                 subject.kill()
-            return
+            return True
         flow = subject
         undecodable = isinstance(exc, UnicodeError)
         status, error_type, message = (400, "invalid_request_error", "the request could not be decoded") \
@@ -296,6 +297,9 @@ class Guard:
                 self.on_failure(flow, f"{message} ({type(exc).__name__} in {hook})")
             except Exception:
                 log.exception("ending interception %s after a failure failed", interception_id or "-")
+        # Before the upstream, later addons only skip an answered flow (and a later recorder, logger
+        # or dump still sees it); from `responseheaders` on, one could stream the upstream's body.
+        return hook == "responseheaders" or hook.startswith("websocket_")
 
 
 class _Replace:

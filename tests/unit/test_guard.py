@@ -168,6 +168,21 @@ async def test_responseheaders_failure_replaces_the_upstream_answer() -> None:
     assert json.loads(f.response.stream(b""))["type"] == "error"
 
 
+class StreamsThrough:
+    """A later addon that would relay the upstream's body as it comes."""
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        flow.response.stream = True
+
+
+async def test_after_a_responseheaders_failure_no_later_addon_runs() -> None:
+    guard = Guard(settings(), Failures())
+    f = tflow.tflow(resp=True)
+    await engine(guard, Raising(RuntimeError("bug")), StreamsThrough()).handle_lifecycle(HttpResponseHeadersHook(f))
+    assert f.response is not None and f.response.status_code == 500 and callable(f.response.stream)
+
+
 async def test_the_guard_failing_kills_the_flow() -> None:
     class BrokenGuard(Guard):
         def fail(self, *args: Any) -> None:
