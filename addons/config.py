@@ -1329,12 +1329,15 @@ def unknown_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
     a misspelled variable would otherwise be ignored without a word."""
     import difflib
 
-    known = sorted({o.env for o in _OPTIONS} | {CONFIG_ENV} | _OTHER_KNOWN_VARIABLES)
+    prefix = "CODER_AIBRIDGE_"
+    known = {o.env for o in _OPTIONS} | {CONFIG_ENV} | _OTHER_KNOWN_VARIABLES
+    # Compared without the shared prefix, which would make every name look close.
+    suffixes = sorted(k.removeprefix(prefix) for k in known if k.startswith(prefix))
     warnings = []
     for var in sorted(environ):
-        if not var.startswith("CODER_AIBRIDGE_") or var.startswith(_ENV_PREFIX) or var in known:
+        if not var.startswith(prefix) or var.startswith(_ENV_PREFIX) or var in known:
             continue
-        close = difflib.get_close_matches(var, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "see aigw serve --help for the known names"
+        close = difflib.get_close_matches(var.removeprefix(prefix), suffixes, n=1, cutoff=0.6)
+        hint = f"did you mean {prefix}{close[0]}?" if close else "see aigw serve --help for the known names"
         warnings.append(f"{var}: unknown variable, ignored ({hint})")
     return tuple(warnings)

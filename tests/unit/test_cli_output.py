@@ -1,0 +1,63 @@
+"""What the CLI prints: costs, JSON text, warnings about misspelled variables, duration hints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from addons import cli, config
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    (0.0010674999999999999, 0.0010675),
+    (12345.678912345, 12345.678912),
+    (0.1 + 0.2, 0.3),
+    (8e-07, 8e-07),
+    (0.0, 0.0),
+])
+def test_costs_are_rounded(raw: float, shown: float) -> None:
+    assert cli.round_cost(raw) == shown
+
+
+def test_json_output_is_readable_and_rounds_only_costs() -> None:
+    text = cli.dump_json({"prompt": "wait…", "cost_usd": 0.0010674999999999999, "ratio": 0.1 + 0.2,
+                          "tokens": [{"total_cost": 1 / 3}]}, indent=None)
+    assert text == ('{"prompt": "wait…", "cost_usd": 0.0010675, "ratio": 0.30000000000000004, '
+                    '"tokens": [{"total_cost": 0.333333}]}')
+    assert json.loads(cli.format_rows(["model", "cost_usd"], [["m…", 1 / 3]], "json")) == [
+        {"model": "m…", "cost_usd": 0.333333}]
+    assert "m…" in cli.format_rows(["model"], [["m…"]], "json")
+
+
+def test_unknown_variables_name_the_closest_known_one() -> None:
+    warnings = config.unknown_variables({
+        "CODER_AIBRIDGE_ANTROPIC_KEY": "x", "CODER_AIBRIDGE_LISTEN": "127.0.0.1:1", "CODER_AIBRIDGE_ZZZ": "1",
+        "CODER_AIBRIDGE_PROVIDER_0_TYPE": "openai", "CODER_AIBRIDGE_HOME": "/x", "HOME": "/root",
+    })
+    assert warnings == (
+        "CODER_AIBRIDGE_ANTROPIC_KEY: unknown variable, ignored (did you mean CODER_AIBRIDGE_ANTHROPIC_KEY?)",
+        "CODER_AIBRIDGE_ZZZ: unknown variable, ignored (see aigw serve --help for the known names)",
+    )
+    assert config.load(None, {"CODER_AIBRIDGE_RETENTON": "1d"}).unknown_variables == (
+        "CODER_AIBRIDGE_RETENTON: unknown variable, ignored (did you mean CODER_AIBRIDGE_RETENTION?)",)
+
+
+def test_duration_errors_say_what_zero_means_only_when_it_means_something() -> None:
+    with pytest.raises(config.ConfigError) as excinfo:
+        config.parse_duration("90days", "--expires", "never expires")
+    assert str(excinfo.value) == (
+        "--expires: invalid duration '90days' (use e.g. 90d, 720h, 30m, 45s or 1h30m; 0 never expires)")
+    with pytest.raises(config.ConfigError) as excinfo:
+        config.parse_duration("soon", "aigw_shutdown_grace")
+    assert str(excinfo.value) == "aigw_shutdown_grace: invalid duration 'soon' (use e.g. 90d, 720h, 30m, 45s or 1h30m)"
+    with pytest.raises(config.ConfigError, match="0 keeps forever"):
+        config.load(None, {"CODER_AIBRIDGE_RETENTION": "forever"})
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from addons import __version__
+
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(["--version"])
+    assert excinfo.value.code == 0 and capsys.readouterr().out == f"aigw {__version__}\n"
