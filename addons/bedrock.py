@@ -31,7 +31,8 @@ import base64
 import logging
 import os
 import re
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from mitmproxy import http
@@ -53,6 +54,9 @@ from addons.wire.converse import ConverseStreamParser, InvokeStreamParser
 from addons.wire.eventstream import BedrockToAnthropicSSE
 from addons.wire.model import RequestInfo, ResponseSummary
 from addons.wire.sse import SSEEvent
+
+if TYPE_CHECKING:
+    from addons.intercept import Interception
 
 log = logging.getLogger("aigw.bedrock")
 
@@ -236,7 +240,7 @@ class BedrockUpstream:
             response.stream = True
             return
         if response.headers.get("content-type", "").startswith(EVENTSTREAM):
-            tap = EventStreamToSSE()
+            tap = EventStreamToSSE(interception)
             interception.parser = tap
             response.stream = tap
             as_sse_headers(flow)
@@ -340,7 +344,7 @@ class NativeBedrockUpstream:
                 parser = ConverseStreamParser(model=model, response_id=response.headers.get("x-amzn-requestid"))
             else:
                 parser = InvokeStreamParser()
-            tap = RelayTap(parser)
+            tap = RelayTap(parser, interception)
             interception.parser = tap
             response.stream = tap
         # Blocking JSON and AWS errors are small: read whole in `response` and relayed as they are.
@@ -382,13 +386,17 @@ class RelayTap:
     """Stream tap for Bedrock-native event streams: every chunk goes on unchanged while the
     decoder reads it. Also the interception's stream parser. Never raises."""
 
-    __slots__ = ("failed", "parser")
+    __slots__ = ("failed", "parser", "timed")
 
-    def __init__(self, parser: ConverseStreamParser | InvokeStreamParser) -> None:
+    def __init__(self, parser: ConverseStreamParser | InvokeStreamParser, timed: Interception | None = None) -> None:
         self.parser = parser
         self.failed = False
+        self.timed = timed  # gets the first chunk's arrival time (time to first token), then is dropped
 
     def __call__(self, chunk: bytes) -> bytes:
+        if self.timed is not None and chunk:
+            self.timed.first_chunk_at = datetime.now(UTC)
+            self.timed = None
         if not self.failed:
             try:
                 if chunk:
@@ -413,13 +421,17 @@ class EventStreamToSSE:
     become an Anthropic `error` event (and end the conversion). Never raises.
     """
 
-    __slots__ = ("converter", "parser")
+    __slots__ = ("converter", "parser", "timed")
 
-    def __init__(self) -> None:
+    def __init__(self, timed: Interception | None = None) -> None:
         self.parser = anthropic.StreamParser()
         self.converter = BedrockToAnthropicSSE(on_event=self._on_event)
+        self.timed = timed  # gets the first chunk's arrival time (time to first token), then is dropped
 
     def __call__(self, chunk: bytes) -> list[bytes]:
+        if self.timed is not None and chunk:
+            self.timed.first_chunk_at = datetime.now(UTC)
+            self.timed = None
         try:
             out = self.converter.feed(chunk) if chunk else self.converter.close()
         except Exception:  # the converter never raises; belt and braces for the proxy core

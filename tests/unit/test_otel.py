@@ -23,9 +23,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from addons import metrics, otel
-from addons.config import Instance, Settings
+from addons.bedrock import EventStreamToSSE, RelayTap
+from addons.config import BedrockSettings, Instance, Settings
+from addons.intercept import Interception, StreamTap
 from addons.metrics import Metrics
 from addons.otel import CountingBatchSpanProcessor, OtelSink, Pipeline, build_pipeline, parse_traceparent
+from addons.providers.base import Api
 from addons.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -34,7 +37,8 @@ from addons.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
-from addons.wire import anthropic, chat, responses
+from addons.wire import anthropic, chat, converse, responses
+from addons.wire.model import RequestInfo
 from tests.fakes import upstream as fake
 from tests.sse_replay import replay
 
@@ -370,3 +374,32 @@ def test_parsers_report_finish_reasons(wire: str, blocking: Any, events: Any, to
         body["tools"] = [{"name": "get_weather", "type": "function", "function": {"name": "get_weather"}}]
     assert module.parse_response(blocking(body)).finish_reasons == expected
     assert replay(module.StreamParser(), b"".join(events(body))).finish_reasons == expected
+
+
+def test_every_stream_tap_stamps_the_first_chunk_once() -> None:
+    def interception() -> Interception:
+        return Interception(str(uuid.uuid4()), Api.MESSAGES, T, RequestInfo())
+
+    taps: list[tuple[Interception, Any]] = []
+    for make in (lambda i: StreamTap(anthropic.StreamParser(), False, i), lambda i: EventStreamToSSE(i),
+                 lambda i: RelayTap(converse.InvokeStreamParser(), i)):
+        i = interception()
+        taps.append((i, make(i)))
+    for i, tap in taps:
+        assert i.first_chunk_at is None
+        tap(b"event: ping\ndata: {}\n\n")
+        first = i.first_chunk_at
+        assert first is not None
+        tap(b"event: ping\ndata: {}\n\n")
+        assert i.first_chunk_at == first  # once, not per chunk
+
+
+def test_provider_names_follow_the_conventions() -> None:
+    bedrock = BedrockSettings(region="us-east-1", base_url=None, model="m", small_fast_model="s")
+    on_bedrock = Instance("anthropic", "claude-aws", (), "https://api.anthropic.com", None, bedrock, "indexed")
+    assert otel.provider_name("anthropic", on_bedrock) == "aws.bedrock"
+    assert otel.server_of(on_bedrock) == ("bedrock-runtime.us-east-1.amazonaws.com", 443)
+    assert otel.provider_name("bedrock", None) == "aws.bedrock"  # Bedrock-native clients through the proxy
+    assert otel.provider_name("copilot", None) == "github_copilot"
+    assert otel.provider_name("openai", None) == "openai"
+    assert otel.server_of(None) is None
