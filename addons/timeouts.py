@@ -10,8 +10,9 @@ does, and a silent upstream holds the client until `tcp_timeout` (600 s).
   headers or between two body chunks. One watchdog task checks all in-flight
   flows a few times per timeout; the hot path only stamps `time.monotonic()`
   per chunk (`_Stamp`, wrapped around the stream tap). On expiry the gateway
-  answers for the upstream by injecting HTTP events into the flow's stream,
-  as if the upstream had sent them (mitmproxy's `MessageInjected` routing,
+  answers for the upstream: it hands HTTP response events to the flow's
+  stream as if the upstream had sent them (`_Relay`: mitmproxy routes
+  injected messages to a flow's stream, also inside CONNECT tunnels; it is
   the one way into a live stream from outside a hook):
   - before the headers: a 504 in the provider's error shape;
   - mid-stream: a final error event in the stream's own format (Anthropic
@@ -244,6 +245,8 @@ class UpstreamTimeouts:
                 del self.connecting[server]
                 self._connect_timeout(server, client, task)
         expired = []
+        for flow in [f for f in self.watches if not f.live]:  # ended without response/error: never grows
+            del self.watches[flow]
         for watch in self.watches.values():
             if watch.fired:
                 continue
