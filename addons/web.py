@@ -1,6 +1,6 @@
 """`aigw web`: the gateway under mitmweb, safe to show to debuggers.
 
-Four parts:
+What it adds to mitmweb:
 
 - `AigwWebMaster` — mitmweb's master with everything it sends to the browser
   redacted: the flow list and live updates (`flow_to_json`), the flow dump
@@ -20,6 +20,10 @@ Four parts:
   once a request has left for upstream, the credential headers in the kept
   flow are replaced by their redacted form, so a replay or edit from the UI
   cannot reuse the organisation's key.
+- The UI observes, it does not steer: it may change only how flows are
+  listed (`UI_OPTIONS`), refuses commands that configure the gateway, run code
+  or send data (`REFUSED_COMMANDS`), and nothing intercepts flows (a held flow
+  could be edited to carry the organisation's key elsewhere).
 - The UI is protected by mitmweb's `web_password` option (a random token is
   generated and logged when it is unset).
 """
@@ -178,7 +182,25 @@ class _FlowContentView(app.FlowContentView):
         return out
 
 
+# Commands the UI may not run: they change the gateway's configuration, run code, read files as
+# flows, or send data the gateway did not route. (Options go through `_Options`.)
+REFUSED_COMMANDS = frozenset({
+    "set", "options.load", "options.reset", "options.reset.one", "options.save", "script.run",
+    "browser.start", "inject.tcp", "inject.udp", "inject.websocket", "replay.server", "replay.server.add",
+    "replay.server.file", "replay.client.file", "view.flows.load",
+})
+# The options the UI may change: how flows are listed, nothing about the traffic.
+UI_OPTIONS = frozenset({"view_filter", "view_order", "view_order_reversed", "web_columns", "showhost"})
+
+
 class _ExecuteCommand(app.ExecuteCommand):
+    def post(self, cmd: str) -> None:
+        if cmd in REFUSED_COMMANDS:
+            self.write({"error": f"aigw web does not run {cmd!r}: the UI observes traffic, it does not "
+                                 "configure or steer the gateway"})
+            return
+        super().post(cmd)
+
     def write(self, chunk: Any) -> None:
         # Command results (e.g. `export curl @focus`, `cut … request.headers`) can echo any header.
         if isinstance(chunk, dict) and "value" in chunk:
@@ -207,6 +229,15 @@ def _redact_header_text(value: Any) -> Any:
     return _HEADER_TEXT.sub(one, value)
 
 
+class _Options(app.Options):
+    def put(self) -> None:
+        refused = sorted(set(self.json) - UI_OPTIONS)
+        if refused:
+            raise app.APIError(403, f"aigw web does not change {', '.join(refused)}: set options when starting "
+                                    f"the gateway (--set); the UI may change {', '.join(sorted(UI_OPTIONS))}")
+        super().put()
+
+
 _OVERRIDES = [
     (r"/flows(?:\.json)?", _Flows),
     (r"/flows/dump", _DumpFlows),
@@ -214,6 +245,7 @@ _OVERRIDES = [
     (r"/flows/(?P<flow_id>[0-9a-f\-]+)/(?P<message>request|response|messages)/content/"
      r"(?P<content_view>[0-9a-zA-Z\-\_%]+)(?:\.json)?", _FlowContentView),
     (r"/commands/(?P<cmd>[a-z.]+)", _ExecuteCommand),
+    (r"/options(?:\.json)?", _Options),
 ]
 
 
@@ -381,6 +413,10 @@ class WebUi:
 
         if "aigw_web_max_flows" in updated and mitm_ctx.options.aigw_web_max_flows < 0:
             raise exceptions.OptionsError("aigw_web_max_flows must be 0 (unbounded) or positive")
+        # A held flow can be edited and resumed after aigw chose its upstream and put the
+        # organisation's key in: the UI must not be able to send it elsewhere.
+        if "intercept" in updated and mitm_ctx.options.intercept:
+            raise exceptions.OptionsError("aigw web does not intercept (hold and edit) flows in flight")
 
     # -- the bound -----------------------------------------------------------------
 

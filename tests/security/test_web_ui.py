@@ -173,3 +173,39 @@ def _wait(check: Any, timeout: float = 15) -> Any:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return result
+
+
+def test_the_ui_observes_and_does_not_steer(web: tuple[Gateway, Ui], tmp_path: Path) -> None:
+    gw, ui = web
+    script = tmp_path / "evil.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\n")
+    # Options that change the traffic, run code or write files: refused; display options: fine.
+    for change in ({"scripts": [str(script)]}, {"ssl_insecure": True}, {"intercept": "~q"},
+                   {"mode": ["regular@127.0.0.1:0"]}, {"save_stream_file": str(tmp_path / "s.mitm")},
+                   {"view_order": "time", "upstream_cert": False}):
+        response = ui.client.put("/options", json=change)
+        assert response.status_code == 403, (change, response.text)
+    assert ui.client.put("/options", json={"view_order": "size"}).status_code == 200
+    options = ui.client.get("/options").json()
+    assert options["scripts"]["value"] == [] and options["ssl_insecure"]["value"] is False
+    assert not options["intercept"]["value"] and options["view_order"]["value"] == "size"
+    # Commands that configure, run code or inject: refused.
+    for name, args in (("set", ["scripts", str(script)]), ("set", ["intercept", "~q"]),
+                       ("options.load", [str(script)]), ("options.reset", []), ("script.run", ["@all", str(script)]),
+                       ("view.flows.load", [str(script)])):
+        result = ui.client.post(f"/commands/{name}", json={"arguments": args}).json()
+        assert "does not run" in result.get("error", ""), (name, result)
+    assert not (tmp_path / "ran").exists()
+    # A provider call still goes through, and is not held.
+    assert httpx.post(gw.url + MESSAGES, json=BODY, trust_env=False, timeout=30,
+                      headers={"x-api-key": gw.user_key, "anthropic-version": "2023-06-01"}  # type: ignore[attr-defined]
+                      ).status_code == 200
+
+
+def test_intercept_cannot_be_set_at_start_either(upstream: FakeUpstream, tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, clean_env(**provider_env(upstream.url)), command="web",
+                 extra_args=["--set", f"web_port={free_port()}", "--set", "web_open_browser=false",
+                             "--set", "intercept=~q"])
+    with pytest.raises(AssertionError, match="does not intercept"):
+        gw.start()
+    gw.stop()
