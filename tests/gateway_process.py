@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,11 +27,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The per-user aigw home of every gateway and CLI a test starts without naming one: never the real one.
+_STATE_HOME = tempfile.mkdtemp(prefix="aigw-test-state-")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     # OTEL_* too: a developer's collector settings would switch OpenTelemetry export on in every test.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "AWS_", "OTEL_"))
            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env["NO_PROXY"] = "*"
+    env["XDG_STATE_HOME"] = _STATE_HOME
     env.update(extra)
     return env
 
