@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 
 from tests.gateway_process import free_port
 
@@ -46,6 +47,33 @@ class Blackhole:
 
     def close(self) -> None:
         for s in self.fillers:
+            with contextlib.suppress(OSError):
+                s.close()
+        self.listener.close()
+
+
+class Mute:
+    """Accepts connections and never says a word: a TLS handshake with it never completes."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.listener.accept()[0])
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for s in self.accepted:
             with contextlib.suppress(OSError):
                 s.close()
         self.listener.close()

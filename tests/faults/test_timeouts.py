@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.faulty import Blackhole
+from tests.fakes.faulty import Blackhole, Mute
 from tests.fakes.upstream import FakeUpstream, Gate, Reply, anthropic_events, chat_chunks, responses_events
 from tests.gateway_process import Gateway, clean_env, provider_env, settled_count
 
@@ -30,9 +30,19 @@ def blackhole() -> Iterator[Blackhole]:
 
 
 @pytest.fixture(scope="module")
-def gw(upstream: FakeUpstream, blackhole: Blackhole, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def mute() -> Iterator[Mute]:
+    server = Mute()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: FakeUpstream, blackhole: Blackhole, mute: Mute,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir: Path = tmp_path_factory.mktemp("timeouts")
     env = clean_env(**provider_env(upstream.url),
+                    CODER_AIBRIDGE_PROVIDER_6_TYPE="anthropic", CODER_AIBRIDGE_PROVIDER_6_NAME="mute",
+                    CODER_AIBRIDGE_PROVIDER_6_KEY="sk-ant-mute-0000000000", CODER_AIBRIDGE_PROVIDER_6_BASE_URL=mute.url,
                     CODER_AIBRIDGE_PROVIDER_5_TYPE="anthropic", CODER_AIBRIDGE_PROVIDER_5_NAME="blackhole",
                     CODER_AIBRIDGE_PROVIDER_5_KEY="sk-ant-blackhole-0000000000",
                     CODER_AIBRIDGE_PROVIDER_5_BASE_URL=blackhole.url,
@@ -238,3 +248,14 @@ def test_passthrough_route_hanging_before_headers(gw: Gateway, upstream: FakeUps
                          headers={"x-api-key": gw.user_key})  # type: ignore[attr-defined]
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "timeout_error"
+
+
+def test_tls_handshake_timeout(gw: Gateway) -> None:
+    before = settled_count(gw)
+    started = time.monotonic()
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        anthropic_client(gw, "mute").messages.create(**PROMPT)
+    assert time.monotonic() - started >= LIMIT
+    assert caught.value.status_code == 502
+    row = recorded(gw, before)
+    assert (row["status"], row["metadata"]["error"]) == ("failed", "upstream connect timeout after 1s")
