@@ -198,6 +198,11 @@ def test_results_of_every_type_serialise(gateway: Gateway, sql: str, expected: o
     assert response.json()["rows"] == [[expected]]
 
 
+def test_aigw_query_of_an_interval_through_the_gateway(gateway: Gateway) -> None:
+    result = gateway.cli("query", "select interval 1 day as d", "--format", "json")
+    assert json.loads(result.stdout) == [{"d": "P1D"}]
+
+
 def test_aigw_query_through_the_gateway_refuses_host_access(gateway: Gateway, host_files: dict[str, str]) -> None:
     result = gateway.cli("query", f"select content from read_text('{host_files['token']}')", check=False)
     assert result.returncode != 0

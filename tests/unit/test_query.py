@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from addons.store import db
@@ -48,3 +49,28 @@ def test_a_query_that_runs_too_long_is_cancelled(conn) -> None:
         run_query(conn, "select sum(a.i * b.i) from range(100000000) a(i), range(1000) b(i)", timeout=0.3)
     # The connection is still usable afterwards.
     assert run_query(conn, "select 42").rows == [[42]]
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("select interval 1 day", "P1D"),
+    ("select interval '1 day 2 hours 3 minutes 4.5 seconds'", "P1DT2H3M4.5S"),
+    ("select interval 0 second", "PT0S"),
+    ("select - interval 90 minute", "-PT1H30M"),
+    ("select interval 1 microsecond", "PT0.000001S"),
+    ("select [interval 1 day, null]", ["P1D", None]),
+    ("select {'a': [1.5::decimal(4,1)], 'b': '\\xff'::blob}", {"a": [1.5], "b": "ff"}),
+    ("select map {2: 'x'}", {"2": "x"}),
+    ("select 2::hugeint ** 70 > 0, (2::hugeint << 100)", [True, str(2 ** 101)]),
+    ("select -9223372036854775808::hugeint", -9223372036854775808),
+])
+def test_every_duckdb_value_becomes_json(conn, sql: str, expected: object) -> None:
+    row = run_query(conn, sql).rows[0]
+    assert (row if len(row) > 1 else row[0]) == expected
+    orjson.dumps(row)
+
+
+def test_explain_analyze_of_a_write_is_refused_and_writes_nothing(conn) -> None:
+    conn.execute("insert into users values (gen_random_uuid(), 'x', now())")
+    with pytest.raises(QueryError, match="read-only"):
+        run_query(conn, "explain analyze delete from users")
+    assert conn.execute("select count(*) from users").fetchone() == (1,)
