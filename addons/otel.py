@@ -124,7 +124,7 @@ def traceparent_of(ctx: SpanContext) -> str:
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's batch processor drops spans silently (a warning) when its queue is full: count them."""
+    """The SDK's batch processor drops spans when its queue is full and only logs it: count them."""
 
     def on_end(self, span: ReadableSpan) -> None:
         batch = self._batch_processor
@@ -219,6 +219,8 @@ def build_pipeline(environ: Mapping[str, str] | None = None) -> Pipeline:
     resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "aigw"}))
+    # The batch processor logs a warning for every span it drops; the drop counter says it once.
+    logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
     exporter = OTLPSpanExporter() if traces == "otlp" else None
     processor = CountingBatchSpanProcessor(exporter) if exporter is not None else None
     meters = None
