@@ -267,10 +267,11 @@ def list_interceptions(
         params.extend([ts, ts, iid])
     where = f"WHERE {' AND '.join(cond)}" if cond else ""
     sql = f"""
-        WITH page AS (
-            SELECT i.* FROM aibridge_interceptions i {where}
-            ORDER BY i.started_at DESC, i.id DESC
-            LIMIT ?
+        WITH page AS (  -- the page's row ids on the sort and filter columns alone, then its whole rows
+            SELECT * FROM aibridge_interceptions WHERE rowid IN (
+                SELECT i.rowid FROM aibridge_interceptions i {where}
+                ORDER BY i.started_at DESC, i.id DESC
+                LIMIT ?)
         )
         SELECT {_TS_REPLACE} FROM ({interception_facts_sql("page", restrict=True)})
         ORDER BY started_at DESC, id DESC
@@ -337,9 +338,11 @@ def list_sessions(conn: duckdb.DuckDBPyConnection, f: Filters, limit: int = 50) 
         sel AS MATERIALIZED (
             SELECT i.* FROM aibridge_interceptions i
             SEMI JOIN top t ON t.session_id = {_I_SESSION_ID} AND t.initiator_id = i.initiator_id
-            {where} {"AND" if cond else "WHERE"} (i.client_session_id IN (SELECT session_id FROM top)
-                OR i.thread_root_id IN (SELECT TRY_CAST(session_id AS UUID) FROM top)
-                OR i.id IN (SELECT TRY_CAST(session_id AS UUID) FROM top))
+            WHERE i.rowid IN (
+                SELECT i.rowid FROM aibridge_interceptions i
+                {where} {"AND" if cond else "WHERE"} (i.client_session_id IN (SELECT session_id FROM top)
+                    OR i.thread_root_id IN (SELECT TRY_CAST(session_id AS UUID) FROM top)
+                    OR i.id IN (SELECT TRY_CAST(session_id AS UUID) FROM top)))
         ),
         facts AS ({interception_facts_sql("sel", restrict=True)})
         SELECT {_TS_REPLACE} FROM ({session_summary_sql("facts")})

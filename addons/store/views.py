@@ -49,7 +49,12 @@ def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: 
     `source` is a table/CTE with the columns of aibridge_interceptions. With
     `restrict`, child tables are pre-filtered to the source's ids (cheap pages).
     """
-    only = f"WHERE interception_id IN (SELECT id FROM {source})" if restrict else ""
+    def only(table: str) -> str:
+        # Row ids first, on the id column alone; then only those rows' wide columns (prompts, JSON).
+        if not restrict:
+            return ""
+        return f"WHERE rowid IN (SELECT rowid FROM {table} WHERE interception_id IN (SELECT id FROM {source}))"
+
     return f"""
     SELECT
         i.id, i.initiator_id, u.name AS user_name, i.api_key_id,
@@ -88,7 +93,7 @@ def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: 
                -- NULL unless every response of the interception is priced
                CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS cost_usd,
                count(*) - count(cost_usd) AS unpriced_responses
-        FROM aibridge_token_usages {only}
+        FROM aibridge_token_usages {only("aibridge_token_usages")}
         GROUP BY interception_id
     ) t ON t.interception_id = i.id
     LEFT JOIN (
@@ -96,17 +101,17 @@ def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: 
                count(*) AS tool_calls,
                count(invocation_error) AS tool_errors,
                list(DISTINCT tool ORDER BY tool) AS tool_names
-        FROM aibridge_tool_usages {only}
+        FROM aibridge_tool_usages {only("aibridge_tool_usages")}
         GROUP BY interception_id
     ) tu ON tu.interception_id = i.id
     LEFT JOIN (
         SELECT interception_id, count(*) AS thought_count
-        FROM aibridge_model_thoughts {only}
+        FROM aibridge_model_thoughts {only("aibridge_model_thoughts")}
         GROUP BY interception_id
     ) th ON th.interception_id = i.id
     LEFT JOIN (
         SELECT interception_id, arg_min(prompt, created_at) AS prompt
-        FROM aibridge_user_prompts {only}
+        FROM aibridge_user_prompts {only("aibridge_user_prompts")}
         GROUP BY interception_id
     ) p ON p.interception_id = i.id
     """
