@@ -16,6 +16,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.otlp import OtlpReceiver, ReceivedSpan
 from tests.fakes.upstream import FakeUpstream
@@ -53,7 +54,8 @@ def otel_gateway(upstream: FakeUpstream, receiver: OtlpReceiver,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     # The endpoint variable alone switches export on; the flag adds upstream propagation.
     gw = start_gateway(tmp_path_factory.mktemp("otel"), otel_env(upstream, receiver.url),
-                       "--aibridge-otel-propagate-upstream")
+                       "--aibridge-otel-propagate-upstream", "--prometheus-enable",
+                       f"--prometheus-address=127.0.0.1:{free_port()}")
     yield gw
     gw.stop()
 
@@ -214,6 +216,27 @@ def test_genai_metrics_reach_the_collector(otel_gateway: Gateway, receiver: Otlp
     duration = latest[("gen_ai.client.operation.duration", "")]
     assert duration.unit == "s" and duration.count >= 1 and duration.bounds[:2] == [0.01, 0.02]
     assert latest[("gen_ai.client.operation.time_to_first_chunk", "")].count >= 1
+
+
+def test_prometheus_has_the_time_to_first_token_and_the_cost_of_the_rows(otel_gateway: Gateway) -> None:
+    with anthropic_client(otel_gateway).messages.stream(
+            model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "cost?"}]) as stream:
+        stream.until_done()
+    address = next(a for a in otel_gateway.extra_args if a.startswith("--prometheus-address="))
+    url = "http://" + address.split("=", 1)[1] + "/metrics"
+    sql = ("select i.initiator_id, count(*) as n, sum(t.cost_usd) as usd from aibridge_interceptions i "
+           "join aibridge_token_usages t on t.interception_id = i.id where i.provider_name = 'anthropic' "
+           "and i.model = 'claude-sonnet-4-5' group by 1")
+    [row] = otel_gateway.wait_for(sql)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(httpx.get(url, trust_env=False).text)
+               for s in family.samples}
+    cost = sum(v for (name, labels), v in samples.items() if name == "coder_aibridged_cost_usd_total"
+               and ("model", "claude-sonnet-4-5") in labels and ("initiator_id", row["initiator_id"]) in labels)
+    assert row["usd"] > 0 and cost == pytest.approx(row["usd"])
+    ttft = [v for (name, labels), v in samples.items() if name == "coder_aibridged_time_to_first_token_seconds_count"
+            and ("provider", "anthropic") in labels and ("model", "claude-sonnet-4-5") in labels]
+    assert ttft and ttft[0] >= 1
 
 
 def test_content_only_when_enabled_and_redacted(upstream: FakeUpstream, receiver: OtlpReceiver,
