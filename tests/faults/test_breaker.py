@@ -21,7 +21,7 @@ from tests.gateway_process import Gateway, clean_env, free_port, latest_ended_af
 pytestmark = pytest.mark.e2e
 
 THRESHOLD = 3
-OPEN_FOR = 1.0  # the breaker's timeout: short, so half-open comes quickly
+OPEN_FOR = 2.0  # the breaker's timeout: short, so half-open comes quickly
 PROBES = 2
 
 
@@ -33,7 +33,7 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED="true",
                     CODER_AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD=str(THRESHOLD),
                     CODER_AIBRIDGE_CIRCUIT_BREAKER_INTERVAL="30s",
-                    CODER_AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT="1s",
+                    CODER_AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT=f"{OPEN_FOR:g}s",
                     CODER_AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS=str(PROBES),
                     CODER_AIBRIDGE_UPSTREAM_IDLE_TIMEOUT="2s",  # held probes answer well within it
                     CODER_PROMETHEUS_ENABLE="true", CODER_PROMETHEUS_ADDRESS=f"127.0.0.1:{metrics_port}")
@@ -93,9 +93,9 @@ def test_a_503_burst_opens_it_and_it_rejects_without_reaching_the_upstream(gw: G
                                                                           upstream: FakeUpstream) -> None:
     model = "claude-burst-503"
     assert ask(gw, model) is None  # a success first: the failures that follow are consecutive
+    before = settled_count(gw) + THRESHOLD
     trip(gw, upstream, model)
     seen = len(upstream.requests)
-    before = settled_count(gw)
     error = ask(gw, model)
     assert error is not None and error.status_code == 503
     assert error.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
