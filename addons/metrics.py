@@ -318,9 +318,9 @@ class Metrics:
 def chain_on_batch(writer: Any) -> None:
     """Add Metrics.on_batch to the writer's batch hook, keeping any hook already set; count its
     failures, drops and spooled records."""
-    writer.on_write_failure = RECORDER_WRITE_FAILURES.inc
-    writer.on_dropped = RECORDER_DROPPED.inc
-    RECORDER_SPOOLED.set_function(lambda: writer.spooled_records)
+    writer.outage.on_failure = RECORDER_WRITE_FAILURES.inc
+    writer.outage.on_dropped = RECORDER_DROPPED.inc
+    RECORDER_SPOOLED.set_function(lambda: writer.outage.spooled)
     previous = writer.on_batch
     if previous is None:
         writer.on_batch = Metrics.on_batch

@@ -85,10 +85,10 @@ class Recorder:
         """Why records are not reaching the database right now (None: they are)."""
         if self.writer is None:
             return "the recorder is not open"
-        reason = self.writer.failing
-        if reason is None:
+        outage = self.writer.outage
+        if outage.reason is None:
             return None
-        return f"database writes are failing ({reason}); {self.writer.spooled_records} record(s) spooled"
+        return f"database writes are failing ({outage.reason}); {outage.spooled} record(s) spooled"
 
     def record(self, record: Record) -> None:
         assert self.writer is not None

@@ -14,6 +14,9 @@ the same transaction as the batch's rows, and a batch whose id is already there
 is not written again: a crash between that commit and the file's removal never
 duplicates rows. The ids are cleared once the spool is empty (after the
 directory is fsync'd, so a removed file cannot come back).
+
+`Outage` is the writer's state while the database fails: why, when to retry
+(backoff), the spool, and what could not be kept (dropped, counted, logged).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +50,11 @@ log = logging.getLogger("aigw.store")
 
 SUFFIX = ".batch"
 MARKER_TABLE = "aigw_spool_batches"
+RETRY_FIRST = 0.5  # seconds before the first retry of a failing database; doubles up to retry_max
+RETRY_MAX = 10.0
+# What a record can make the database (or the writer's planning) refuse; anything else is the database failing.
+_DATA_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
+                duckdb.TypeMismatchException, TypeError, ValueError, AttributeError, KeyError)
 _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (InterceptionStart, InterceptionEnd, TokenUsageRecord, PromptRecord, ToolUsageRecord, ThoughtRecord)
@@ -68,6 +78,15 @@ def json_default(obj: Any) -> Any:
 
 def spool_dir(db: Path) -> Path:
     return db.with_name(db.name + ".spool")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    return isinstance(exc, _DATA_ERRORS) and "invalidated" not in str(exc)
+
+
+def needs_reopen(exc: BaseException) -> bool:
+    """DuckDB refuses every statement after a fatal error until the database is opened again."""
+    return isinstance(exc, duckdb.FatalException | duckdb.ConnectionException) or "invalidated" in str(exc)
 
 
 @dataclass(slots=True)
@@ -169,6 +188,109 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class Outage:
+    """The writer's view of a failing database (used by the writer thread only)."""
+
+    def __init__(self, spool: Spool | None, retry_max: float = RETRY_MAX) -> None:
+        self.spool = spool
+        self.retry_max = retry_max
+        self.reason: str | None = None  # why the last write failed, while writes keep failing
+        self.reopen_needed = False
+        self.retry_at = 0.0
+        self.retry_wait = 0.0
+        self.failures = 0  # failed writes, replays and reopens
+        self.dropped = 0  # records lost: the spool could not take them, or the database refused them
+        self.on_failure: Callable[[], None] | None = None
+        self.on_dropped: Callable[[int], None] | None = None
+
+    @property
+    def spooled(self) -> int:
+        return self.spool.records if self.spool is not None else 0
+
+    @property
+    def backlog(self) -> bool:
+        """Spooled batches wait: new ones go after them."""
+        return self.spool is not None and len(self.spool) > 0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.retry_at
+
+    def wait(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        _call(self.on_failure)
+        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        if self.reason is None:
+            where = f"spooling records to {self.spool.directory}" if self.spool is not None else "no spool"
+            log.error("database write failed (%s: %s); %s and retrying", type(exc).__name__, first_line, where)
+        self.reason = f"{type(exc).__name__}: {first_line}"
+        self.reopen_needed = self.reopen_needed or needs_reopen(exc)
+        self.retry_wait = min(self.retry_max, self.retry_wait * 2 or RETRY_FIRST)
+        self.retry_at = time.monotonic() + self.retry_wait
+
+    def recovered(self) -> None:
+        if self.reason is not None:
+            log.warning("database writes work again (after: %s); %d spooled record(s) to replay",
+                        self.reason, self.spooled)
+        self.reason = None
+        self.retry_wait = self.retry_at = 0.0
+
+    def drop(self, n: int) -> None:
+        self.dropped += n
+        _call(self.on_dropped, n)
+
+    def spill(self, records: list[Record]) -> None:
+        """Keep a batch the database cannot take now on disk, after the ones already there."""
+        if self.spool is None:
+            log.error("dropped %d records: the database failed (%s) and no spool is configured",
+                      len(records), self.reason)
+            self.drop(len(records))
+            return
+        try:
+            self.spool.append(records)
+        except OSError as exc:
+            log.error("dropped %d records: the database failed (%s) and the spool %s cannot be written: %s",
+                      len(records), self.reason, self.spool.directory, exc)
+            self.drop(len(records))
+
+    def replay(self, write: Callable[[list[Record], str], bool], until: float) -> bool:
+        """Write spooled batches oldest first (`write(records, batch_id)`, True when committed) until
+        the spool is empty (True), `until` (a monotonic time) passes or something fails (False)."""
+        spool = self.spool
+        assert spool is not None
+        while len(spool):
+            if time.monotonic() > until:
+                return False
+            try:
+                batch = spool.oldest()
+                assert batch is not None
+            except OSError as exc:
+                self.failed(exc)
+                return False
+            if not write(batch.records, batch.id):
+                return False
+            if batch.unreadable:
+                self.drop(batch.unreadable)
+            try:
+                spool.remove(batch)
+            except OSError as exc:  # replayed again later: its marker keeps that from duplicating
+                log.error("could not remove the replayed spool batch %s: %s", batch.path, exc)
+                self.failed(exc)
+                return False
+        log.warning("spool replayed: every spooled record is in the database")
+        return True
+
+
+def _call(hook: Callable[..., None] | None, *args: int) -> None:
+    if hook is not None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("recorder metrics hook failed")
 
 
 def _parse_name(path: Path) -> tuple[int, str, int]:

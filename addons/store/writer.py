@@ -47,7 +47,7 @@ from addons.records import (
     ToolUsageRecord,
 )
 from addons.store import spool as spooling
-from addons.store.spool import Spool, json_default
+from addons.store.spool import RETRY_MAX, Outage, Spool, is_data_error, json_default, needs_reopen
 
 log = logging.getLogger("aigw.store")
 
@@ -57,21 +57,7 @@ _JSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
 
 THREAD_MAP_SIZE = 50_000  # entries per map; a miss costs one database lookup on the writer thread
 _RETRY_GROUP = 128
-_RETRY_FIRST = 0.5  # seconds before the first retry of a failing database; doubles up to retry_max
-_RETRY_MAX = 10.0
 _MISSING = object()
-# What a record can make the database (or the planning) refuse; anything else is the database failing.
-_DATA_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
-                duckdb.TypeMismatchException, TypeError, ValueError, AttributeError, KeyError)
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    return isinstance(exc, _DATA_ERRORS) and "invalidated" not in str(exc)
-
-
-def _needs_reopen(exc: BaseException) -> bool:
-    """DuckDB refuses every statement after a fatal error until the database is opened again."""
-    return isinstance(exc, duckdb.FatalException | duckdb.ConnectionException) or "invalidated" in str(exc)
 
 
 def _dumps(obj: Any) -> str:
@@ -314,7 +300,7 @@ class RecordWriter:
         spool: Spool | None = None,
         reopen: Callable[[], duckdb.DuckDBPyConnection] | None = None,
         recover_before: datetime | None = None,
-        retry_max: float = _RETRY_MAX,
+        retry_max: float = RETRY_MAX,
     ) -> None:
         """`spool`: where batches wait while the database fails (without one they are dropped, logged).
         `reopen`: closes the connection and opens the database again (after DuckDB invalidated it).
@@ -339,23 +325,14 @@ class RecordWriter:
         self._open_roots = _Bounded(thread_map_size)
         # interception id -> created_at of its prompt, written before the response id was known
         self._open_prompts = _Bounded(thread_map_size)
-        self._spool = spool
+        self.outage = Outage(spool, retry_max)  # failures, spool, drops (metrics hook in here)
         self._reopen = reopen
         self._recover_before = recover_before
-        self._retry_max = retry_max
-        self._failing: str | None = None
-        self._reopen_needed = False
-        self._retry_at = 0.0
-        self._retry_wait = 0.0
         self._markers_ready = False
-        self._write_failures = 0
-        self._dropped = 0
         self._rows_written = 0
         self._batches = 0
         self._last_flush_seconds = 0.0
         self.on_batch: Callable[[int, float], None] | None = None
-        self.on_write_failure: Callable[[], None] | None = None
-        self.on_dropped: Callable[[int], None] | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -436,25 +413,6 @@ class RecordWriter:
     def batches(self) -> int:
         return self._batches
 
-    @property
-    def failing(self) -> str | None:
-        """Why the last database write failed, while it keeps failing; None when writes work."""
-        return self._failing
-
-    @property
-    def spooled_records(self) -> int:
-        return self._spool.records if self._spool is not None else 0
-
-    @property
-    def write_failures(self) -> int:
-        """Database writes (batches, replays, reopens) that failed."""
-        return self._write_failures
-
-    @property
-    def dropped_records(self) -> int:
-        """Records lost: the spool could not take them, or the database refused them (a bug)."""
-        return self._dropped
-
     # -- thread -------------------------------------------------------------
 
     def _running(self) -> bool:
@@ -501,7 +459,7 @@ class RecordWriter:
                         self._write_batch(batch)
                     except Exception:
                         log.exception("record writer lost a batch of %d records", len(batch))
-                        self._count_dropped(len(batch))
+                        self.outage.drop(len(batch))
                 if control is not None and self._handle(control):
                     break
             except Exception:  # never let the writer die
@@ -519,13 +477,13 @@ class RecordWriter:
         elif isinstance(control, _Call):
             try:
                 if self._cur is None:
-                    raise RuntimeError(f"the database is not available: {self._failing}")
+                    raise RuntimeError(f"the database is not available: {self.outage.reason}")
                 control.result = control.fn(self._cur)
             except BaseException as exc:
                 control.error = exc
                 self._rollback_quietly()
-                if _needs_reopen(exc):
-                    self._failed(exc)
+                if needs_reopen(exc):
+                    self.outage.failed(exc)
             finally:
                 control.done.set()
         elif isinstance(control, _Stop):
@@ -560,120 +518,49 @@ class RecordWriter:
 
     def _idle_wait(self) -> float | None:
         """How long the thread may wait for records before it must retry or replay (None: forever)."""
-        if not (self._reopen_needed or self._recover_before is not None or (self._spool and len(self._spool))):
-            return None
-        return max(0.0, self._retry_at - time.monotonic())
-
-    def _failed(self, exc: BaseException) -> None:
-        self._write_failures += 1
-        hook = self.on_write_failure
-        if hook is not None:
-            try:
-                hook()
-            except Exception:
-                log.exception("on_write_failure hook failed")
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        if self._failing is None:
-            where = f"spooling records to {self._spool.directory}" if self._spool is not None else "no spool"
-            log.error("database write failed (%s); %s and retrying", reason, where)
-        self._failing = reason
-        self._reopen_needed = self._reopen_needed or _needs_reopen(exc)
-        self._retry_wait = min(self._retry_max, self._retry_wait * 2 or _RETRY_FIRST)
-        self._retry_at = time.monotonic() + self._retry_wait
-
-    def _succeeded(self) -> None:
-        if self._failing is not None:
-            log.warning("database writes work again (after: %s); %d spooled record(s) to replay",
-                        self._failing, self.spooled_records)
-        self._failing = None
-        self._retry_wait = 0.0
-        self._retry_at = 0.0
-
-    def _count_dropped(self, n: int) -> None:
-        self._dropped += n
-        hook = self.on_dropped
-        if hook is not None:
-            try:
-                hook(n)
-            except Exception:
-                log.exception("on_dropped hook failed")
-
-    def _spill(self, records: list[Record]) -> None:
-        """Keep a batch the database cannot take now on disk, after the ones already there."""
-        if self._spool is None:
-            log.error("dropped %d records: the database failed (%s) and no spool is configured",
-                      len(records), self._failing)
-            self._count_dropped(len(records))
-            return
-        try:
-            self._spool.append(records)
-        except OSError as exc:
-            log.error("dropped %d records: the database failed (%s) and the spool %s cannot be written: %s",
-                      len(records), self._failing, self._spool.directory, exc)
-            self._count_dropped(len(records))
+        o = self.outage
+        return o.wait() if o.reopen_needed or o.backlog or self._recover_before is not None else None
 
     def _reopen_database(self) -> bool:
         if self._reopen is None:
-            self._reopen_needed = False
+            self.outage.reopen_needed = False
             return True
         self._cur = None  # the old connection's cursors close with it
         try:
             conn = self._reopen()
             cur = conn.cursor()
         except Exception as exc:
-            self._failed(exc)
+            self.outage.failed(exc)
             return False
         self._conn, self._cur = conn, cur
-        self._reopen_needed = False
+        self.outage.reopen_needed = False
         self._markers_ready = False
-        log.warning("reopened the database (after: %s)", self._failing)
-        if self._spool is None or not len(self._spool):
-            self._succeeded()  # nothing waits; the next write tells whether it works
+        log.warning("reopened the database (after: %s)", self.outage.reason)
+        if not self.outage.backlog:
+            self.outage.recovered()  # nothing waits; the next write tells whether it works
         return True
 
     def _resume(self) -> None:
-        """When due: reopen the database if needed, replay the spool oldest first, then end the
-        interceptions an earlier run left open. Replays yield after one flush interval to new records."""
-        if time.monotonic() < self._retry_at:
+        """When due: reopen the database if needed, replay the spool oldest first (yielding to new
+        records after one flush interval), then end the interceptions an earlier run left open."""
+        o = self.outage
+        if not o.due() or (o.reopen_needed and not self._reopen_database()):
             return
-        if self._reopen_needed and not self._reopen_database():
-            return
-        spool = self._spool
-        if spool is not None and len(spool):
-            deadline = time.monotonic() + max(self._interval, 0.05)
-            while len(spool):
-                if time.monotonic() > deadline:
-                    return
-                try:
-                    batch = spool.oldest()
-                    assert batch is not None
-                except OSError as exc:
-                    self._failed(exc)
-                    return
-                if not self._write(batch.records, batch.id):
-                    return
-                if batch.unreadable:
-                    self._count_dropped(batch.unreadable)
-                try:
-                    spool.remove(batch)
-                except OSError as exc:  # replayed again later: the marker keeps that from duplicating
-                    log.error("could not remove the replayed spool batch %s: %s", batch.path, exc)
-                    self._failed(exc)
-                    return
-            log.warning("spool replayed: every spooled record is in the database")
+        if o.backlog:
+            if not o.replay(self._write, time.monotonic() + max(self._interval, 0.05)):
+                return
             try:
-                spool.sync()  # the removals are durable before the markers that guard them go
-                assert self._cur is not None
+                assert o.spool is not None and self._cur is not None
+                o.spool.sync()  # the removals are durable before the markers that guard them go
                 spooling.ensure_marker_table(self._cur)
                 spooling.forget_replayed(self._cur)
-                self._markers_ready = False
             except Exception:
                 log.warning("could not clear the spool's replay markers (harmless)", exc_info=True)
         if self._recover_before is not None and self._cur is not None:
             try:
                 n = recover_open_interceptions(self._cur, datetime.now(UTC), self._recover_before)
             except Exception as exc:
-                self._failed(exc)
+                o.failed(exc)
                 return
             self._recover_before = None
             if n:
@@ -682,16 +569,14 @@ class RecordWriter:
     # -- writing ------------------------------------------------------------
 
     def _write_batch(self, records: list[Record]) -> None:
-        spool = self._spool
-        if spool is not None and len(spool):
+        o = self.outage
+        if o.backlog or o.reopen_needed or self._recover_before is not None:
             self._resume()
-            if len(spool):  # older records wait on disk: these go after them
-                self._spill(records)
+            if o.backlog:  # older records wait on disk: these go after them
+                o.spill(records)
                 return
-        elif self._reopen_needed or self._recover_before is not None:
-            self._resume()
         if not self._write(records):
-            self._spill(records)
+            o.spill(records)
 
     def _write(self, records: list[Record], marker: str | None = None) -> bool:
         """Write `records` in one transaction (with the spool batch id `marker`); a record the
@@ -699,8 +584,8 @@ class RecordWriter:
         exc = self._attempt(records, marker)
         if exc is None:
             return True
-        if not _is_data_error(exc):
-            self._failed(exc)
+        if not is_data_error(exc):
+            self.outage.failed(exc)
             return False
         log.error("batch of %d records refused (%s); retrying in groups of %d", len(records), exc, _RETRY_GROUP)
         # Dry runs (rolled back) find the refused records; the rest is then written in one
@@ -709,17 +594,17 @@ class RecordWriter:
         for i in range(0, len(records), _RETRY_GROUP):
             group = records[i : i + _RETRY_GROUP]
             exc = self._attempt(accepted + group, dry_run=True)
-            if exc is not None and _is_data_error(exc):
+            if exc is not None and is_data_error(exc):
                 group, exc = self._isolate(group, accepted)
             if exc is not None:
-                self._failed(exc)
+                self.outage.failed(exc)
                 return False
             accepted += group
         if not accepted and marker is None:
             return True
         exc = self._attempt(accepted, marker)
         if exc is not None:
-            self._failed(exc)
+            self.outage.failed(exc)
             return False
         return True
 
@@ -732,19 +617,19 @@ class RecordWriter:
             exc = self._attempt([record], dry_run=True)
             if exc is None:
                 kept.append(record)
-            elif not _is_data_error(exc):
+            elif not is_data_error(exc):
                 return [], exc
             else:
                 self._refused(record, exc)
         exc = self._attempt(accepted + kept, dry_run=True)
-        if exc is None or not _is_data_error(exc):
+        if exc is None or not is_data_error(exc):
             return kept, exc
         together: list[Record] = []
         for record in kept:
             exc = self._attempt([*accepted, *together, record], dry_run=True)
             if exc is None:
                 together.append(record)
-            elif not _is_data_error(exc):
+            elif not is_data_error(exc):
                 return [], exc
             else:
                 self._refused(record, exc)
@@ -753,14 +638,14 @@ class RecordWriter:
     def _refused(self, record: Record, exc: Exception) -> None:
         log.error("dropped %s for interception %s: %s", type(record).__name__,
                   getattr(record, "interception_id", getattr(record, "id", "?")), exc)
-        self._count_dropped(1)
+        self.outage.drop(1)
 
     def _attempt(self, records: list[Record], marker: str | None = None,
                  dry_run: bool = False) -> Exception | None:
         """One transaction; returns what failed, if anything. A marker already recorded: nothing to do."""
         cur = self._cur
         if cur is None:
-            return duckdb.ConnectionException(f"the database is not open ({self._failing})")
+            return duckdb.ConnectionException(f"the database is not open ({self.outage.reason})")
         started = time.perf_counter()
         try:
             plan = self._plan(records)
@@ -789,7 +674,7 @@ class RecordWriter:
         self._rows_written += len(records)
         self._batches += 1
         self._last_flush_seconds = elapsed
-        self._succeeded()
+        self.outage.recovered()
         hook = self.on_batch
         if hook is not None:
             try:

@@ -65,16 +65,16 @@ SCRIPT = textwrap.dedent("""
     for i in range(25):
         interception("during")
     assert writer.flush(30)
-    wait(lambda: writer.spooled_records == 75, "the spool")
+    wait(lambda: writer.outage.spooled == 75, "the spool")
     failing = recorder.failing()
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    wait(lambda: writer.spooled_records == 0 and writer.failing is None, "the replay")
+    wait(lambda: writer.outage.spooled == 0 and writer.outage.reason is None, "the replay")
     rows = recorder.conn.execute(
         "SELECT prompt, count(*), count(provider_response_id) FROM aibridge_user_prompts GROUP BY ALL ORDER BY 1"
     ).fetchall()
     ended = recorder.conn.execute("SELECT count(*) FROM aibridge_interceptions WHERE status = 'completed'").fetchone()
     print(json.dumps({"checkpoint_error": checkpoint_error, "failing": failing, "rows": rows, "ended": ended[0],
-                      "reopened": recorder.conn is not first_conn, "dropped": writer.dropped_records}))
+                      "reopened": recorder.conn is not first_conn, "dropped": writer.outage.dropped}))
     recorder.done()
 """)
 

@@ -149,13 +149,13 @@ def test_failing_writes_are_spooled_then_replayed_in_order(db: duckdb.DuckDBPyCo
                                                            caplog: pytest.LogCaptureFixture) -> None:
     failures: list[int] = []
     w = RecordWriter(db, flush_interval=0.02, spool=spool, retry_max=0.2)
-    w.on_write_failure = lambda: failures.append(1)
+    w.outage.on_failure = lambda: failures.append(1)
     w.start()
     before = [uid() for _ in range(3)]
     for r in interception_set(before):
         w.submit(r)
     assert w.flush()
-    assert count(db, "aibridge_interceptions") == 3 and w.failing is None
+    assert count(db, "aibridge_interceptions") == 3 and w.outage.reason is None
 
     break_tokens(db)
     during = [uid() for _ in range(20)]
@@ -168,21 +168,21 @@ def test_failing_writes_are_spooled_then_replayed_in_order(db: duckdb.DuckDBPyCo
             w.submit(token(iid))
             w.submit(end(iid, status="failed", meta={"response_id": "msg_1"}))
         assert w.flush()
-        assert w.failing is not None and "aibridge_token_usages" in w.failing
-        assert w.spooled_records == 20 * 2  # the tokens and ends
+        assert w.outage.reason is not None and "aibridge_token_usages" in w.outage.reason
+        assert w.outage.spooled == 20 * 2  # the tokens and ends
     assert any("database write failed" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
     assert count(db, "aibridge_interceptions") == 23  # the starts went in before the failure
     assert count(db, "aibridge_interceptions", "ended_at IS NULL") == 20
     assert failures
 
     repair_tokens(db)
-    wait_for(lambda: w.spooled_records == 0 and w.failing is None, "the spool to drain")
+    wait_for(lambda: w.outage.spooled == 0 and w.outage.reason is None, "the spool to drain")
     assert w.flush()
     assert count(db, "aibridge_interceptions") == 23
     assert count(db, "aibridge_interceptions", "status = 'failed'") == 20
     assert count(db, "aibridge_token_usages") == 20  # the table came back empty: only the replayed ones
     assert count(db, "aibridge_user_prompts") == 3  # the 20 NULL prompts were refused alone
-    assert w.dropped_records == 20
+    assert w.outage.dropped == 20
     assert not list(spool.directory.iterdir())
     assert db.execute(f"SELECT count(*) FROM {MARKER_TABLE}").fetchone() == (0,)
     w.close()
@@ -206,8 +206,8 @@ def test_closed_connection_is_reopened_and_nothing_is_lost(dbpath: Path, spool: 
     for r in interception_set(ids[5:]):
         w.submit(r)
     assert w.flush()
-    wait_for(lambda: len(conns) == 2 and w.spooled_records == 0 and w.failing is None, "reopen and replay")
-    assert w.write_failures >= 1 and w.dropped_records == 0
+    wait_for(lambda: len(conns) == 2 and w.outage.spooled == 0 and w.outage.reason is None, "reopen and replay")
+    assert w.outage.failures >= 1 and w.outage.dropped == 0
     w.close()
     check = conns[-1]
     assert count(check, "aibridge_interceptions", "status = 'completed'") == 10
@@ -242,7 +242,7 @@ def test_crash_mid_replay_never_duplicates(dbpath: Path, tmp_path: Path) -> None
     w = RecordWriter(db, flush_interval=0.02, spool=spool)
     w.start()
     assert w.flush()
-    wait_for(lambda: w.spooled_records == 0, "the replay")
+    wait_for(lambda: w.outage.spooled == 0, "the replay")
     w.close()
     assert count(db, "aibridge_interceptions") == 6 and count(db, "aibridge_token_usages") == 6
 
@@ -257,7 +257,7 @@ def test_crash_mid_replay_never_duplicates(dbpath: Path, tmp_path: Path) -> None
     assert spool.records == 30
     w = RecordWriter(db, flush_interval=0.02, spool=spool)
     w.start()
-    wait_for(lambda: w.spooled_records == 0, "the second replay")
+    wait_for(lambda: w.outage.spooled == 0, "the second replay")
     w.close()
     for table in ("aibridge_interceptions", "aibridge_token_usages", "aibridge_user_prompts",
                   "aibridge_tool_usages"):
@@ -299,7 +299,7 @@ def test_unwritable_spool_drops_with_error_and_metric(db: duckdb.DuckDBPyConnect
     spool = Spool(blocked)  # never opened: appending fails with ENOTDIR
     dropped: list[int] = []
     w = RecordWriter(db, flush_interval=0.02, spool=spool, retry_max=0.2)
-    w.on_dropped = dropped.append
+    w.outage.on_dropped = dropped.append
     w.start()
     break_tokens(db)
     iid = uid()
@@ -307,13 +307,13 @@ def test_unwritable_spool_drops_with_error_and_metric(db: duckdb.DuckDBPyConnect
         w.submit(start(iid))
         w.submit(token(iid))
         assert w.flush()
-    assert w.dropped_records == 2 and sum(dropped) == 2
+    assert w.outage.dropped == 2 and sum(dropped) == 2
     assert any("dropped 2 records" in r.getMessage() and "cannot be written" in r.getMessage()
                for r in caplog.records if r.levelno == logging.ERROR)
     repair_tokens(db)
     w.submit(start(uid()))
     assert w.flush()
-    assert w.failing is None and count(db, "aibridge_interceptions") == 1
+    assert w.outage.reason is None and count(db, "aibridge_interceptions") == 1
     w.close()
 
 
@@ -327,7 +327,7 @@ def test_records_refused_only_together_with_others_are_found(db: duckdb.DuckDBPy
         w.submit(r)
     assert w.flush()
     w.close()
-    assert w.dropped_records == 2  # the start already in the database, the second start of `twice`
+    assert w.outage.dropped == 2  # the start already in the database, the second start of `twice`
     assert count(db, "aibridge_interceptions") == 3
     assert count(db, "aibridge_interceptions", "status = 'completed'") == 1
     assert count(db, "aibridge_user_prompts") == 1
