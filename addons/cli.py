@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, cmd_serve, help)
         p.set_defaults(web=name == "web")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a mitmproxy option (repeatable), e.g. --set confdir=./certs")
+                       help="set a mitmproxy option (repeatable), e.g. --set termlog_verbosity=debug")
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
         p.add_argument("--detach", action="store_true",
                        help="run in the background (output to aigw.log in the home); return once it is ready")
