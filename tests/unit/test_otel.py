@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from addons import metrics, otel
+from addons import config, metrics, otel
 from addons.bedrock import EventStreamToSSE, RelayTap
 from addons.config import BedrockSettings, Instance, Settings
 from addons.intercept import Interception, StreamTap
@@ -403,3 +403,19 @@ def test_provider_names_follow_the_conventions() -> None:
     assert otel.provider_name("copilot", None) == "github_copilot"
     assert otel.provider_name("openai", None) == "openai"
     assert otel.server_of(None) is None
+
+
+@pytest.mark.parametrize(("environ", "enabled"), [
+    ({}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SDK_DISABLED": "true"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "CODER_AIBRIDGE_OTEL": "false"}, False),
+    ({"CODER_AIBRIDGE_OTEL": "true"}, True),
+    ({"OTEL_SERVICE_NAME": "gw"}, False),  # naming the service exports nothing by itself
+])
+def test_export_is_switched_by_the_standard_variables_or_the_flag(environ: dict[str, str], enabled: bool) -> None:
+    settings = config.load(None, environ)
+    assert settings.otel is enabled
+    assert settings.otel_propagate_upstream is False
+    assert config.load(None, {**environ, "CODER_AIBRIDGE_OTEL_PROPAGATE_UPSTREAM": "true"}).otel_propagate_upstream
