@@ -208,6 +208,7 @@ def _serve_help(env: dict[str, str], cwd: Path) -> str:
 
 def aigw_env(d: Path, up: Upstream, port: int) -> dict[str, str]:
     env = clean_env(
+        CODER_AIBRIDGE_HOME=str(d),  # the CA in d/certs, where sysm.proxy expects it
         CODER_AIBRIDGE_DB=str(d / "data" / "aibridge.duckdb"),
         CODER_AIBRIDGE_LISTEN=f"127.0.0.1:{port}",
         CODER_AIBRIDGE_PROVIDER_0_TYPE="anthropic",
