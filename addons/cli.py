@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cfg.add_parser("check", help="validate configuration and print the provider instances")
     config.add_arguments(p)
     p.set_defaults(func=cmd_config_check)
+    p = sub.add_parser("completion", help="print a bash completion script: eval \"$(aigw completion)\" "
+                       "(zsh: run `autoload -U +X bashcompinit && bashcompinit` first)")
+    p.set_defaults(func=cmd_completion)
     return parser
 
 
@@ -703,6 +706,40 @@ def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
         print(f"# No gateway runs for {settings.db}: this is the configured address.")
     print(ca.env_exports(settings, args.user_key, address, confdir, bundle))
     return 0
+
+
+# -- completion ------------------------------------------------------------------
+
+
+def cmd_completion(args: argparse.Namespace, settings: Settings) -> int:
+    print(bash_completion(build_parser()))
+    return 0
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion function built from the parser: subcommands, then each one's flags."""
+    words: dict[str, list[str]] = {}
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        subs = next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
+        words[path] = [*subs, *(o for a in p._actions for o in a.option_strings if o.startswith("--"))]
+        for name, child in subs.items():
+            walk(child, f"{path} {name}".strip())
+
+    walk(parser, "")
+    cases = "\n".join(f'    "{path}") words="{" ".join(w)}" ;;' for path, w in words.items())
+    return f"""_aigw() {{
+  local i cand path="" words paths="|{"|".join(words)}|"
+  for ((i = 1; i < COMP_CWORD; i++)); do  # the subcommand path so far (flag values are skipped)
+    cand="${{path:+$path }}${{COMP_WORDS[i]}}"
+    [[ $paths == *"|$cand|"* ]] && path=$cand
+  done
+  case "$path" in
+{cases}
+  esac
+  COMPREPLY=($(compgen -W "$words" -- "${{COMP_WORDS[COMP_CWORD]}}"))
+}}
+complete -o default -F _aigw aigw"""
 
 
 __all__ = ["main"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,24 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as excinfo:
         cli.main(["--version"])
     assert excinfo.value.code == 0 and capsys.readouterr().out == f"aigw {__version__}\n"
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["aigw", "inter"], ["interceptions"]),
+    (["aigw", "keys", ""], ["create", "list", "revoke"]),
+    (["aigw", "keys", "create", "--user", "al", "--exp"], ["--expires"]),
+    (["aigw", "serve", "--aibridge-ho"], ["--aibridge-home"]),
+])
+def test_bash_completion(tmp_path: Path, words: list[str], expected: list[str]) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    script = tmp_path / "aigw.bash"
+    script.write_text(cli.bash_completion(cli.build_parser()))
+    quoted = " ".join(f"'{w}'" for w in words)
+    result = subprocess.run(["bash", "-c", f'source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; '
+                             '_aigw; printf "%s\\n" "${COMPREPLY[@]}"'], capture_output=True, text=True, timeout=30)
+    assert set(expected) <= set(result.stdout.split()), result.stdout + result.stderr
+    assert all(w.startswith(words[-1]) for w in result.stdout.split())
