@@ -160,15 +160,21 @@ def test_explain_analyze_cannot_write(gateway: Gateway, attack: str) -> None:
     assert query(gateway, "select count(*) from users where name = 'mallory'").json()["rows"] == [[0]]
 
 
-def documented_relations() -> list[str]:
-    text = (REPO / "docs" / "SCHEMA.md").read_text()
-    names = re.findall(r"^### `([a-z_]+)`", text, re.MULTILINE)
+def documented_relations() -> dict[str, bool]:
+    """Each table and view docs/SCHEMA.md documents, and whether it says the relation may be absent."""
+    sections = re.split(r"^### `([a-z_]+)`", (REPO / "docs" / "SCHEMA.md").read_text(), flags=re.MULTILINE)
+    names = dict(zip(sections[1::2], ("absent" in text for text in sections[2::2]), strict=True))
     assert len(names) >= 10, "docs/SCHEMA.md lists the tables and views under ### `name` headings"
     return names
 
 
 def test_every_documented_table_and_view_stays_queryable(gateway: Gateway) -> None:
-    for name in documented_relations():
+    existing = {row[0] for row in query(gateway, "select table_name from duckdb_tables() union all "
+                                                 "select view_name from duckdb_views() where not internal"
+                                        ).json()["rows"]}
+    for name, may_be_absent in documented_relations().items():
+        if name not in existing and may_be_absent:
+            continue
         response = query(gateway, f"select * from {name} limit 1")
         assert response.status_code == 200, f"{name}: {response.text}"
 
