@@ -284,6 +284,11 @@ def test_first_key_before_the_first_start_needs_a_named_home(tmp_path: Path) -> 
     assert (tmp_path / "home" / "data" / "aibridge.duckdb").is_file()
     assert aigw("ca", "--init", env=env, cwd=tmp_path).stdout.strip() == str(
         tmp_path / "home" / "certs" / "mitmproxy-ca-cert.pem")
+    # No gateway runs yet: `aigw env` says so and uses the configured address.
+    out = aigw("env", env={**env, "CODER_AIBRIDGE_LISTEN": "127.0.0.1:18123"}, cwd=tmp_path).stdout.splitlines()
+    db = tmp_path / "home" / "data" / "aibridge.duckdb"
+    assert out[0] == f"# No gateway runs for {db}: this is the configured address."
+    assert "export HTTPS_PROXY='http://aigw:<gateway-key>@127.0.0.1:18123'" in out
     # From a directory that now holds state, that directory is the home without being named.
     env.pop("CODER_AIBRIDGE_HOME")
     out = aigw("config", "check", env=env, cwd=tmp_path / "home").stdout

@@ -83,3 +83,16 @@ def test_bash_completion(tmp_path: Path, words: list[str], expected: list[str]) 
                              '_aigw; printf "%s\\n" "${COMPREPLY[@]}"'], capture_output=True, text=True, timeout=30)
     assert set(expected) <= set(result.stdout.split()), result.stdout + result.stderr
     assert all(w.startswith(words[-1]) for w in result.stdout.split())
+
+
+def test_prices_hint_names_the_file_to_edit(tmp_path: Path) -> None:
+    row = {"provider": "openai", "model": "acme-9"}
+    default = cli.price_hint(config.load(None, {}), row)
+    assert default == (
+        "To price a model, add an entry such as `- {provider: openai, model: acme-9, input: 3.00, output: 15.00}` "
+        f"(USD per 1M tokens) to config/prices.yaml (in a checkout; it is {config.DEFAULT_PRICES_FILE}), or to your "
+        "own copy named by --aibridge-prices-file FILE or CODER_AIBRIDGE_PRICES_FILE, then restart the gateway.")
+    own = tmp_path / "p.yaml"
+    own.write_text("overrides: []\n")
+    settings = config.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(own)})
+    assert f" to {own}, then restart" in cli.price_hint(settings, row)
