@@ -96,7 +96,7 @@ class AdminApi:
     def authenticate(self, flow: http.HTTPFlow) -> Identity:
         token = presented_credential(flow.request.headers)
         # The local admin token is for the CLI on this machine; a remote peer must use an admin key.
-        local = from_loopback(flow)
+        local = from_this_machine(flow)
         if token and not local and self.keys.is_admin_token(token):
             raise ApiError(401, "the local admin token is accepted only from this machine", "authentication_error")
         identity = self.keys.authenticate(token, datetime.now(UTC), local_admin=local)
@@ -313,18 +313,26 @@ class AdminApi:
         return 200, {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
 
 
-def from_loopback(flow: http.HTTPFlow) -> bool:
-    """Whether the client connected from this machine (127.0.0.0/8, ::1, or IPv4-mapped 127.x)."""
-    peer = flow.client_conn.peername
-    if not peer:
+def from_this_machine(flow: http.HTTPFlow) -> bool:
+    """Whether the client connected from this machine: a loopback address, or the very address it
+    connected to (the CLI of a gateway listening on one interface; a remote host cannot complete a
+    TCP handshake with our own address as its source)."""
+    peer = _ip(flow.client_conn.peername)
+    if peer is None or peer.is_unspecified:
         return False
+    return peer.is_loopback or peer == _ip(flow.client_conn.sockname)
+
+
+def _ip(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not address:
+        return None
     try:
-        address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+        ip = ipaddress.ip_address(str(address[0]).partition("%")[0])
     except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:

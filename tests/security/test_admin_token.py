@@ -20,7 +20,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from addons.admin import AdminApi, from_loopback
+from addons.admin import AdminApi, from_this_machine
 from addons.auth import LOCAL_ADMIN, KeyCache
 from addons.config import Settings
 from addons.recorder import Recorder
@@ -87,11 +87,20 @@ def test_admin_and_user_keys_work_remotely(admin: Admin, peer: str) -> None:
     assert admin.call(peer, admin.user_key).status_code == 403
 
 
-def test_from_loopback_reads_the_peer_address() -> None:
+def test_from_this_machine_reads_the_peer_and_local_addresses() -> None:
     flow = tflow.tflow()
+    flow.client_conn.sockname = ("127.0.0.1", 8888)
     for peer, expected in [*((p, False) for p in REMOTE), *((p, True) for p in LOCAL), ("not-an-ip", False)]:
         flow.client_conn.peername = (peer, 1)
-        assert from_loopback(flow) is expected, peer
+        assert from_this_machine(flow) is expected, peer
+    # A gateway listening on one interface: the CLI connects from that very address.
+    flow.client_conn.sockname = ("10.0.0.5", 8888)
+    for peer, expected in (("10.0.0.5", True), ("::ffff:10.0.0.5", True), ("10.0.0.6", False), ("127.0.0.1", True)):
+        flow.client_conn.peername = (peer, 40000)
+        assert from_this_machine(flow) is expected, peer
+    flow.client_conn.sockname = ("0.0.0.0", 8888)
+    flow.client_conn.peername = ("0.0.0.0", 40000)
+    assert not from_this_machine(flow)
 
 
 @pytest.mark.e2e
