@@ -59,7 +59,9 @@ class HookTable(addonmanager.AddonManager):
     """mitmproxy's AddonManager with each hook's implementers looked up once per chain change.
 
     Same semantics as mitmproxy's: chain order; an error in one top-level addon is logged and the
-    next one still runs; `AddonHalt` ends the event; async hooks are awaited. The table is rebuilt
+    next one still runs — except that with aigw's guard in the chain an error on a flow is handed to
+    it (`_failed`), which answers the flow and may end the event; `AddonHalt` ends the event; async
+    hooks are awaited. The table is rebuilt
     after any add, register, remove or option change (scripts load and reorder on those), so an
     addon that grows a hook method at run time is the one case it would miss.
     """
