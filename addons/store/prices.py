@@ -44,6 +44,7 @@ from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 
 from addons.config import DEFAULT_PRICES_FILE
+from addons.store import rollup
 
 __all__ = [
     "DEFAULT_OVERRIDES_PATH",
@@ -462,6 +463,8 @@ def reprice(conn: duckdb.DuckDBPyConnection, pricer: Pricer, *, only_missing: bo
     cur.execute("BEGIN TRANSACTION")
     try:
         updated = _reprice_in_tx(cur, pricer, where, only_missing)
+        if updated:
+            rollup.invalidate(cur)  # rolled-up costs are stale now; the next report rebuilds them
     except BaseException:
         cur.execute("ROLLBACK")
         raise

@@ -24,6 +24,7 @@ import pytest
 
 from addons import report
 from addons.store import audit, rollup
+from addons.store.prices import Pricer, reprice
 from addons.store.views import interception_facts_sql, session_summary_sql
 from tests.seed import seed
 
@@ -197,9 +198,10 @@ def test_rollup_covers_closed_days_only_and_heals(db: Path) -> None:
         conn.execute("DELETE FROM aibridge_interceptions WHERE CAST(timezone('UTC', started_at) AS DATE) = ? "
                      "AND hash(id) % 2 = 0", [gone])
         assert report.render_report(conn, since, now) == reference_report(conn, since, now)
-        # A reprice changes costs in place; invalidating makes the rollup start over.
-        conn.execute("UPDATE aibridge_token_usages SET cost_usd = cost_usd * 2 WHERE input_tokens % 3 = 0")
-        rollup.invalidate(conn)
+        # A reprice changes costs in place and makes the rollup start over.
+        conn.execute("UPDATE aibridge_token_usages SET cost_usd = NULL WHERE input_tokens % 3 = 0 "
+                     "AND interception_id IN (SELECT id FROM aibridge_interceptions WHERE model = 'gpt-5')")
+        assert reprice(conn, Pricer()) > 0
         assert _rolled_days(conn) == 0
         assert report.render_report(conn, since, now) == reference_report(conn, since, now)
         assert _rolled_days(conn) > 0
