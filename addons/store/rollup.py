@@ -26,6 +26,7 @@ before they are rolled up.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, date, datetime, time, timedelta
 
 import duckdb
@@ -201,24 +202,36 @@ def _rolled_days(cur: duckdb.DuckDBPyConnection, since: datetime, now: datetime)
             [_midnight(first), _midnight(end)],
         ).fetchall()
     }
-    stored = dict(
-        cur.execute("SELECT day, interceptions FROM aigw_rollup_days WHERE day >= ? AND day < ?", [first, end])
-        .fetchall()
-    )
     closed = {d for d, (_, open_) in counts.items() if open_ == 0}
-    current = {d for d in closed if stored.get(d) == counts[d][0]}
     # Days without interceptions need no rows; stale entries (all rows deleted since) must go.
     empty = {first + timedelta(days=k) for k in range((end - first).days)} - set(counts)
-    stale = (closed - current) | (set(stored) & empty)
-    if stale and _build(cur, sorted(stale), counts):
-        return sorted(closed | empty)
-    return sorted(current | (empty - set(stored)))
+
+    def state() -> tuple[set[date], set[date], set[date]]:
+        stored = dict(cur.execute("SELECT day, interceptions FROM aigw_rollup_days WHERE day >= ? AND day < ?",
+                                  [first, end]).fetchall())
+        current = {d for d in closed if stored.get(d) == counts[d][0]}
+        return set(stored), current, (closed - current) | (set(stored) & empty)
+
+    stored, current, stale = state()
+    writable = cur.execute("SELECT current_setting('access_mode')").fetchone() != ("read_only",)
+    # One builder per process (DuckDB allows one writing process): two transactions inserting the
+    # same new day would both commit. A report that finds a build under way computes those days
+    # from the base tables instead of waiting.
+    if stale and writable and _BUILDING.acquire(blocking=False):
+        try:
+            stored, current, stale = state()  # another thread may have just built them
+            if not stale or _build(cur, sorted(stale), counts):
+                return sorted(closed | empty)
+        finally:
+            _BUILDING.release()
+    return sorted(current | (empty - stored))
+
+
+_BUILDING = threading.Lock()
 
 
 def _build(cur: duckdb.DuckDBPyConnection, days: list[date], counts: dict[date, tuple[int, int]]) -> bool:
-    """Recompute the rollup of `days` in one transaction; False if this connection cannot write."""
-    if cur.execute("SELECT current_setting('access_mode')").fetchone() == ("read_only",):
-        return False
+    """Recompute the rollup of `days` in one transaction; False if that failed (rolled back)."""
     iso = [d.isoformat() for d in days]
     cur.execute("BEGIN TRANSACTION")
     try:
@@ -232,7 +245,7 @@ def _build(cur: duckdb.DuckDBPyConnection, days: list[date], counts: dict[date, 
         cur.execute("INSERT INTO aigw_rollup_days SELECT unnest(?::DATE[]), unnest(?::BIGINT[]), now()",
                     [[d.isoformat() for d in filled], [counts[d][0] for d in filled]])
         cur.execute("COMMIT")
-    except duckdb.Error as e:  # e.g. a concurrent report rolled up the same days first
+    except duckdb.Error as e:  # e.g. retention deleting rows of those days at the same time
         cur.execute("ROLLBACK")
         log.info("daily rollup not updated (computed from the base tables instead): %s", e)
         return False

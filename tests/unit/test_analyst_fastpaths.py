@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,28 @@ def test_refresh_rolls_up_every_closed_day(db: Path) -> None:
         assert rolled == closed and (END - timedelta(days=3, hours=2)).date() not in rolled
         assert rollup.refresh(conn) == len(closed)  # nothing left to do, nothing changes
         assert {d for (d,) in conn.execute("SELECT day FROM aigw_rollup_days").fetchall()} == rolled
+    finally:
+        conn.close()
+
+
+def test_concurrent_reports_and_refresh_roll_each_day_up_once(db: Path) -> None:
+    conn = duckdb.connect(str(db))
+    try:
+        rollup.invalidate(conn)
+        since, now = WINDOWS[0]
+        expected = reference_report(conn, since, now)
+        with ThreadPoolExecutor(3) as pool:
+            reports = [pool.submit(report.render_report, conn, since, now) for _ in range(2)]
+            refreshed = pool.submit(rollup.refresh, conn)
+            assert [r.result() for r in reports] == [expected, expected]
+            refreshed.result()
+        dupes = conn.execute("""
+            SELECT (SELECT count(*) - count(DISTINCT day) FROM aigw_rollup_days),
+                   (SELECT count(*) FROM (SELECT count(*) AS n FROM aigw_rollup_usage
+                                          GROUP BY day, initiator_id, provider, provider_name, model, client)
+                    WHERE n > 1)""").fetchone()
+        assert dupes == (0, 0)
+        assert report.render_report(conn, since, now) == expected
     finally:
         conn.close()
 
