@@ -95,6 +95,9 @@ def test_no_secret_anywhere(tmp_path: Path) -> None:
                              headers={"authorization": f"Bearer {admin_key}"})
         assert created.status_code == 201
         hidden["key created through the API"] = created.json()["key"]
+        # Revoked by its whole key in the path (the CLI sends only the id; a hand-written call may not).
+        assert httpx.delete(f"{gw.url}/api/v2/aibridge/keys/{created.json()['key']}", trust_env=False,
+                            headers={"authorization": f"Bearer {admin_key}"}).status_code == 200
         assert len(gw.wait_for("select id from aibridge_interceptions where ended_at is not null",
                                lambda rows: len(rows) >= 8)) >= 8, "the session was not recorded"
 
