@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="set a mitmproxy option (repeatable), e.g. --set termlog_verbosity=debug")
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
+        p.add_argument("--workers", dest="aibridge_workers", metavar="N",
+                       help="gateway processes on the listener, or auto (one per CPU); same as --aibridge-workers")
         p.add_argument("--detach", action="store_true",
                        help="run in the background (output to aigw.log in the home); return once it is ready")
     p = command("wait", cmd_wait, "wait until the gateway of this home answers /healthz")
@@ -177,8 +179,12 @@ def serve_detached(args: argparse.Namespace, settings: Settings) -> int:
     if running is not None:
         fail(f"a gateway already runs for {settings.db} at {running.url} (pid {running.pid}); stop it with aigw stop")
     log_file = settings.home.log_file
-    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out = os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    except OSError as e:
+        fail(f"cannot write {log_file}: {e.strerror or e} (home {settings.home.path}: {settings.home.reason})")
+    with out:
         start = log_file.stat().st_size
         child = subprocess.Popen([sys.executable, "-m", "addons", *(a for a in args.argv if a != "--detach")],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -262,17 +268,20 @@ def with_store(settings: Settings, remote: Callable[[runtime.RunningGateway], An
     Only with `create` and a database location the user named (not guessed from the directory) is a
     missing database created: provisioning the first admin key before the first start.
     """
-    gateway = runtime.read(settings.db)
-    if gateway is not None:
-        return remote(gateway)
-    if not settings.db.exists() and not (create and (settings.db_origin or settings.home.explicit)):
-        fail(no_database(settings))
-    from addons.store import db
+    if settings.lake is not None:  # no single writer: the CLI opens the lake itself
+        conn = open_lake(settings, read_only=False)
+    else:
+        gateway = runtime.read(settings.db)
+        if gateway is not None:
+            return remote(gateway)
+        if not settings.db.exists() and not (create and (settings.db_origin or settings.home.explicit)):
+            fail(no_database(settings))
+        from addons.store import db
 
-    try:
-        conn = db.connect(settings.db)
-    except db.DatabaseLockedError as e:
-        fail(f"{e}; is a gateway running with another --aibridge-db?")
+        try:
+            conn = db.connect(settings.db)
+        except db.DatabaseLockedError as e:
+            fail(f"{e}; is a gateway running with another --aibridge-db?")
     try:
         return local(conn)
     finally:
@@ -467,29 +476,49 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
 def read_store(settings: Settings, remote: Callable[[runtime.RunningGateway], Any],
                local: Callable[[Any], Any]) -> Any:
     """Like with_store, for reads: through the gateway, else a read-only connection."""
-    gateway = runtime.read(settings.db)
-    if gateway is not None:
-        return remote(gateway)
-    import duckdb
+    if settings.lake is not None:
+        conn = open_lake(settings, read_only=True)
+    else:
+        gateway = runtime.read(settings.db)
+        if gateway is not None:
+            return remote(gateway)
+        import duckdb
 
-    from addons.store import db
+        from addons.store import db
 
-    if not settings.db.exists():
-        fail(no_database(settings))
-    # DuckDB would take up to 80% of RAM and every core; an analyst's laptop must stay usable.
-    limits: dict[str, Any] = {"memory_limit": f"{settings.analytics_memory_limit}B"}
-    if settings.analytics_threads is not None:
-        limits["threads"] = settings.analytics_threads
-    try:
-        conn = db.connect(settings.db, read_only=True, limits=limits)
-    except (db.DatabaseLockedError, duckdb.Error) as e:
-        fail(str(e))
+        if not settings.db.exists():
+            fail(no_database(settings))
+        try:
+            conn = db.connect(settings.db, read_only=True, limits=analytics_limits(settings))
+        except (db.DatabaseLockedError, duckdb.Error) as e:
+            fail(str(e))
     try:
         return local(conn)
     except ValueError as e:
         fail(str(e))
     finally:
         conn.close()
+
+
+def analytics_limits(settings: Settings) -> dict[str, Any]:
+    # DuckDB would take up to 80% of RAM and every core; an analyst's laptop must stay usable.
+    limits: dict[str, Any] = {"memory_limit": f"{settings.analytics_memory_limit}B"}
+    if settings.analytics_threads is not None:
+        limits["threads"] = settings.analytics_threads
+    return limits
+
+
+def open_lake(settings: Settings, *, read_only: bool) -> Any:
+    """A connection of this command's own to the DuckLake (replicas keep no lock on it)."""
+    import duckdb
+
+    from addons.store import lake
+
+    assert settings.lake is not None
+    try:
+        return lake.connect(settings.lake, read_only=read_only, limits=analytics_limits(settings))
+    except (lake.LakeError, duckdb.Error) as e:
+        fail(lake.redact(str(e)))
 
 
 def filter_query(args: argparse.Namespace, **extra: Any) -> str:

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from mitmproxy import exceptions, http, options
 from mitmproxy.proxy.layers.http import _http1
 
-from addons import ca, runtime
+from addons import ca, runtime, workers
 from addons.admin import AdminApi, KeyUsageFlusher
 from addons.analytics import RollupRefresher, SnapshotPublisher
 from addons.auth import KeyCache
@@ -32,7 +33,7 @@ from addons.intercept import Interceptor
 from addons.keypool import KeyFailover
 from addons.limits import period_bounds
 from addons.logs import Logs, LogSetupError, setup_logging
-from addons.metrics import Metrics, MetricsServer, MetricsServerError, chain_on_batch, start_server
+from addons.metrics import REGISTRY, Metrics, MetricsServer, MetricsServerError, chain_on_batch, start_server
 from addons.providers.base import any_error
 from addons.proxy import install_absolute_form_marker, proxy_addons
 from addons.recorder import Recorder
@@ -41,13 +42,15 @@ from addons.redaction import configured_secrets
 from addons.retention import Retention
 from addons.routing import Router
 from addons.shutdown import GracefulShutdown
-from addons.store import db
+from addons.store import db, lake
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
 from addons.store.prices import Pricer
 from addons.timeouts import UpstreamTimeouts
 
 log = logging.getLogger("aigw")
+
+WORKERS_STOP_TIMEOUT = 90.0  # seconds the primary waits for its workers to drain (their grace is 30 s)
 
 
 _PROTOCOL_ERROR_TYPES = {400: "invalid_request_error", 413: "request_too_large"}
@@ -74,12 +77,21 @@ def usage_price(pricer: Pricer) -> Callable[[TokenUsageRecord], float | None]:
         usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata)
 
 
-def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = False, quiet: bool = False) -> int:
+def prepare_process() -> None:
+    """What every gateway process (the primary and each worker) sets up before mitmproxy starts."""
     _http1.make_error_response = json_error_response  # see json_error_response
     install_absolute_form_marker()  # plain-HTTP proxy requests must be told from gateway routes
     install_request_body_limit()  # 413 while a request body arrives, before it is buffered whole
     # DuckDB re-creates its WAL at every checkpoint with the process umask; keep data owner-only.
     os.umask(0o077)
+
+
+def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = False, quiet: bool = False) -> int:
+    if web and settings.workers > 1:
+        print("aigw: aigw web runs one process (its UI shows the flows of the process it runs in); "
+              "use aigw serve --workers for several", file=sys.stderr)
+        return 1
+    prepare_process()
     # Startup errors (log file, locked database, metrics port) are one line on stderr, before serving.
     try:
         log_output = setup_logging(settings, "warn" if quiet else "info")
@@ -95,16 +107,26 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
     recorder = Recorder(settings)
     metrics_server: MetricsServer | None = None
     otel_pipeline = None
+    supervisor: workers.Supervisor | None = None
     try:
         try:
             recorder.open()
-        except db.DatabaseLockedError as e:
+        except (db.DatabaseLockedError, lake.LakeError) as e:
             print(f"aigw: {e}", file=sys.stderr)
             return 1
+        except (OSError, duckdb.Error) as e:  # e.g. a home that cannot be created, a file not ours
+            print(f"aigw: cannot open the database {settings.db}: {getattr(e, 'strerror', None) or e} "
+                  f"(home {settings.home.path}: {settings.home.reason})", file=sys.stderr)
+            return 1
         assert recorder.writer is not None
+        keys = KeyCache(recorder.writer.call(keystore.load_keys))
+        if settings.workers > 1:
+            supervisor = workers.Supervisor(settings, list(sets), quiet, recorder, keys)
+            recorder.worker = 0
         if settings.prometheus_enable:
             try:
-                metrics_server = start_server(settings.prometheus_address)
+                metrics_server = start_server(settings.prometheus_address,
+                                              supervisor.registry() if supervisor else REGISTRY)
             except MetricsServerError as e:
                 print(f"aigw: {e}", file=sys.stderr)
                 return 1
@@ -116,19 +138,63 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
             except otel.OtelSetupError as e:
                 print(f"aigw: {e}", file=sys.stderr)
                 return 1
-        keys = KeyCache(recorder.writer.call(keystore.load_keys))
         return asyncio.run(serve(settings, recorder, keys, sets=sets, web=web, quiet=quiet,
-                                 otel_pipeline=otel_pipeline))
+                                 otel_pipeline=otel_pipeline, supervisor=supervisor),
+                           loop_factory=workers.loop_factory(settings))
     except exceptions.OptionsError as e:  # a bad --set value
         print(f"aigw: {e}", file=sys.stderr)
         return 1
     finally:
+        if supervisor is not None:
+            supervisor.close(WORKERS_STOP_TIMEOUT)  # the workers' last records, before the recorder flushes
         recorder.done()  # flushes every pending record
         if otel_pipeline is not None:
             otel_pipeline.shutdown()  # after the recorder: every span is built by now
         if metrics_server is not None:
             metrics_server.close()
         log_output.close()
+
+
+def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, quiet: bool) -> int:
+    """A worker process of `aigw serve --workers N` (addons/workers.py): records through the primary."""
+    prepare_process()
+    try:
+        log_output = setup_logging(settings, "warn" if quiet else "info")
+    except LogSetupError as e:
+        print(f"aigw: {e}", file=sys.stderr)
+        return 1
+    otel_pipeline = None
+    try:
+        if settings.otel:
+            from addons import otel
+
+            try:
+                otel_pipeline = otel.build_pipeline()
+            except otel.OtelSetupError as e:
+                print(f"aigw: {e}", file=sys.stderr)
+                return 1
+        return asyncio.run(serve_worker(settings, sets, worker, path, quiet, otel_pipeline),
+                           loop_factory=workers.loop_factory(settings))
+    except exceptions.OptionsError as e:
+        print(f"aigw: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if otel_pipeline is not None:
+            otel_pipeline.shutdown()
+        log_output.close()
+
+
+async def serve_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, quiet: bool,
+                       otel_pipeline: Any) -> int:
+    link = workers.WorkerLink(worker, path)
+    state = await link.connect()
+    keys = KeyCache(state["keys"])
+    keys.admin_token = state["token"]  # the one in the runtime file, for CLI calls a worker forwards
+    try:
+        return await serve(settings, link, keys, sets=sets, web=False, quiet=quiet, otel_pipeline=otel_pipeline,
+                           link=link)
+    finally:
+        await link.close()  # the last records, after the drain
 
 
 async def start_governance(settings: Settings, recorder: Recorder, interceptor: Interceptor,
@@ -140,6 +206,25 @@ async def start_governance(settings: Settings, recorder: Recorder, interceptor: 
     policy = await asyncio.to_thread(writer.call, governance_store.load_policy)
     spend = await asyncio.to_thread(writer.call, lambda conn: governance_store.spend_by_user(conn, start, end))
     return Governance(settings.governance, interceptor, policy, spend, price)
+
+
+def replica_addons(settings: Settings, recorder: Recorder, keys: KeyCache, governance: Governance) -> list[object]:
+    """On a DuckLake: keys and limits reloaded every second, rollup and compaction by the lease holder.
+    Else the rollup refresher alone (this process is the only writer)."""
+    if settings.lake is None:
+        return [RollupRefresher(recorder)]
+    from addons.replicas import LakeMaintenance, LakeSync
+
+    return [LakeSync(recorder.writer, keys, governance),
+            LakeMaintenance(recorder, lake.replica_id(settings.home.path))]
+
+
+def retention_lease(settings: Settings) -> Callable[[Any, float], bool] | None:
+    """On a DuckLake, retention runs on the replica that holds its lease."""
+    if settings.lake is None:
+        return None
+    holder = lake.replica_id(settings.home.path)
+    return lambda conn, ttl: lake.take_lease(conn, "retention", holder, ttl)
 
 
 def listen_error(host: str, port: int) -> str | None:
@@ -166,8 +251,11 @@ def check_choices(opts: options.Options, sets: Sequence[str]) -> None:
                                           f"(expected one of {', '.join(option.choices)})")
 
 
-async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets: Sequence[str], web: bool,
-                quiet: bool, otel_pipeline: Any = None) -> int:
+async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, keys: KeyCache, *,
+                sets: Sequence[str], web: bool, quiet: bool, otel_pipeline: Any = None,
+                supervisor: workers.Supervisor | None = None, link: workers.WorkerLink | None = None) -> int:
+    """Run one gateway process: the only one, the primary of several (`supervisor`), or a worker (`link`,
+    which then stands in for the recorder)."""
     opts = options.Options()
     # No termlog: addons/logs.py owns the log output (format and destination) for everything.
     web_addons: list[object] = []
@@ -187,16 +275,21 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     interceptor = Interceptor(recorder.record, bedrock.upstream_for)
     shutdown = GracefulShutdown(interceptor)
     guard = Guard(settings, interceptor.fail)
-    assert recorder.writer is not None
     metrics_addons: list[object] = []
     # The governance, Prometheus and OTel sinks price token rows as the writer does (rates cached per model).
     price = usage_price(Pricer(settings.prices_file))
-    governance = await start_governance(settings, recorder, interceptor, price)
+    if isinstance(recorder, Recorder):
+        governance = await start_governance(settings, recorder, interceptor, price)
+    else:  # a worker: the policy and the period's spend come from the primary, and follow its changes
+        governance = Governance(settings.governance, interceptor, recorder.state["policy"],
+                                dict(recorder.state["spend"]), price)
     recorder.sinks.append(governance)
     if settings.prometheus_enable:
-        metrics_sink = Metrics(lambda: recorder.writer.queue_depth if recorder.writer else 0, price)
+        writer = recorder.writer
+        metrics_sink = Metrics((lambda: writer.queue_depth) if writer is not None else None, price)
         recorder.sinks.append(metrics_sink)
-        chain_on_batch(recorder.writer)
+        if writer is not None:
+            chain_on_batch(writer)
         metrics_addons.append(metrics_sink)
     otel_addons: list[object] = []
     if otel_pipeline is not None:
@@ -205,13 +298,25 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         recorder.sinks.append(otel.OtelSink(settings, otel_pipeline, price))
         if settings.otel_propagate_upstream:
             otel_addons.append(otel.PropagateUpstream())
+    # The database's own addons run where the database is; a worker forwards admin calls there.
+    admin: AdminApi | None = None
+    if isinstance(recorder, Recorder):
+        assert recorder.writer is not None
+        admin = AdminApi(settings, recorder, keys, governance)
+        admin_addons: list[object] = [admin]
+        database_addons: list[object] = [KeyUsageFlusher(recorder, keys), SnapshotPublisher(settings, recorder),
+                                         *replica_addons(settings, recorder, keys, governance)]
+        retention: list[object] = [Retention(settings.retention, recorder.writer,
+                                             lease=retention_lease(settings))]
+    else:
+        admin_addons, database_addons, retention = [workers.ForwardAdmin(recorder)], [], []
     master.addons.add(  # type: ignore[attr-defined]
         guard,  # first: refuses malformed requests; the engine's fail-closed path (addons/guard.py)
         shutdown,  # refuses new requests while draining
         Logs(settings, recorder.sinks),
         *proxy_addons(settings, keys),  # transparent proxy: before the gateway routes
         Router(settings, keys),
-        AdminApi(settings, recorder, keys, governance),
+        *admin_addons,
         interceptor,
         governance,  # right after the interceptor: a refusal is a failed interception, never an upstream failure
         *otel_addons,  # after the interceptor: the traceparent derives from the interception id
@@ -220,13 +325,11 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         # is never watched); the timeouts' responseheaders wraps the stream tap the interceptor set.
         *([CircuitBreakers(settings.circuit_breaker, interceptor)] if settings.circuit_breaker else []),
         UpstreamTimeouts(settings.upstream_connect_timeout, settings.upstream_idle_timeout),
-        KeyUsageFlusher(recorder, keys),
-        SnapshotPublisher(settings, recorder),
-        RollupRefresher(recorder),
+        *database_addons,
         bedrock,
-        recorder,
+        recorder,  # a worker's link: refuses new requests while its records wait (back-pressure)
         *metrics_addons,
-        Retention(settings.retention, recorder.writer),
+        *retention,
         *web_addons,
         DefaultDeny(guard),  # refuses what no addon chose an upstream for
         Dumps(settings),  # last: dumps the request exactly as it goes upstream
@@ -247,11 +350,25 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
         master.drop_idle_builtins()
     ca.ensure_ca(Path(opts.confdir).expanduser(), opts.key_size)  # private key owner-only
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if supervisor is not None:
+            supervisor.signal(signum)  # every worker drains too
+        shutdown.begin()  # drain in-flight requests, then stop
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, shutdown.begin)  # drain in-flight requests, then stop
+        loop.add_signal_handler(sig, on_signal, sig)
     url = f"http://{ca.reachable_address(settings.listen_host, settings.listen_port)}"
-    runtime.write(settings.db, runtime.RunningGateway(url=url, pid=os.getpid(), token=keys.admin_token))
-    log.info("aigw listening on %s (database %s)", url, settings.db)
+    if link is not None:
+        link.attach(keys, governance, shutdown.begin)
+        log.info("aigw worker %d listening on %s", link.worker, url)
+    else:
+        if supervisor is not None:
+            assert admin is not None
+            supervisor.start(admin, governance)
+        runtime.write(settings.db, runtime.RunningGateway(url=url, pid=os.getpid(), token=keys.admin_token))
+        log.info("aigw listening on %s (database %s%s)", url, settings.db,
+                 f"; {settings.workers} workers" if supervisor is not None else "")
     # Everything loaded so far (mitmproxy, DuckDB, botocore's models, prices) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise pause every stream.
     gc.collect()
@@ -259,5 +376,6 @@ async def serve(settings: Settings, recorder: Recorder, keys: KeyCache, *, sets:
     try:
         await master.run()  # type: ignore[attr-defined]
     finally:
-        runtime.remove(settings.db, os.getpid())
+        if link is None:
+            runtime.remove(settings.db, os.getpid())
     return 0

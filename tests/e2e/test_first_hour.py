@@ -199,6 +199,11 @@ def test_startup_mistakes_are_one_line(user: User, tmp_path: Path) -> None:
     grace = user.cli("serve", "--aibridge-listen", free, "--set", "aigw_shutdown_grace=soon", **other_home)
     assert one_line(grace) == ("aigw: aigw_shutdown_grace: invalid duration 'soon' "
                                "(use e.g. 90d, 720h, 30m, 45s or 1h30m)")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = user.cli("serve", "--aibridge-listen", free, **{**other_home, "CODER_AIBRIDGE_HOME": str(blocker)})
+    assert one_line(unwritable) == (f"aigw: cannot open the database {blocker / 'data' / 'aibridge.duckdb'}: "
+                                    f"Not a directory (home {blocker}: set by CODER_AIBRIDGE_HOME)")
     expires = user.cli("keys", "create", "--user", "bob", "--expires", "90days", typo=False)
     assert one_line(expires) == (
         "aigw: --expires: invalid duration '90days' (use e.g. 90d, 720h, 30m, 45s or 1h30m; 0 never expires)")
