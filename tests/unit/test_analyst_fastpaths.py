@@ -12,6 +12,7 @@ TimeZone, days deleted after they were rolled up, and a read-only connection.
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Iterator
@@ -317,3 +318,20 @@ def test_sessions_on_the_seed_data(seeded: tuple[duckdb.DuckDBPyConnection, Any]
     for limit in (1, 3, 1000):
         assert _strip_ties(audit.list_sessions(conn, audit.Filters(), limit)) == _strip_ties(
             reference_sessions(conn, audit.Filters(), limit))
+
+
+# --------------------------------------------------------------------------- CLI limits
+
+
+def test_cli_reads_open_duckdb_with_the_configured_limits(db: Path, tmp_path: Path) -> None:
+    from tests.gateway_process import aigw, clean_env
+
+    sql = "select current_setting('memory_limit') as m, current_setting('threads') as t"
+    env = clean_env(CODER_AIBRIDGE_DB=str(db))
+    default = aigw(["query", sql, "--format", "json"], env, tmp_path)
+    assert json.loads(default.stdout)[0]["m"] == "1.0 GiB"
+    env.update(CODER_AIBRIDGE_ANALYTICS_MEMORY_LIMIT="300MiB", CODER_AIBRIDGE_ANALYTICS_THREADS="1")
+    limited = aigw(["query", sql, "--format", "json"], env, tmp_path)
+    assert json.loads(limited.stdout) == [{"m": "300.0 MiB", "t": 1}]
+    bad = aigw(["query", sql], {**env, "CODER_AIBRIDGE_ANALYTICS_THREADS": "lots"}, tmp_path, check=False)
+    assert bad.returncode != 0 and "CODER_AIBRIDGE_ANALYTICS_THREADS" in bad.stderr
