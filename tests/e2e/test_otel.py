@@ -226,17 +226,24 @@ def test_prometheus_has_the_time_to_first_token_and_the_cost_of_the_rows(otel_ga
     url = "http://" + address.split("=", 1)[1] + "/metrics"
     sql = ("select i.initiator_id, count(*) as n, sum(t.cost_usd) as usd from aibridge_interceptions i "
            "join aibridge_token_usages t on t.interception_id = i.id where i.provider_name = 'anthropic' "
-           "and i.model = 'claude-sonnet-4-5' group by 1")
-    [row] = otel_gateway.wait_for(sql)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(httpx.get(url, trust_env=False).text)
-               for s in family.samples}
-    cost = sum(v for (name, labels), v in samples.items() if name == "coder_aibridged_cost_usd_total"
-               and ("model", "claude-sonnet-4-5") in labels and ("initiator_id", row["initiator_id"]) in labels)
+           "and i.model = 'claude-sonnet-4-5' and i.ended_at is not null group by 1")
+
+    def scrape(user: str) -> tuple[float, float]:
+        samples = [s for family in text_string_to_metric_families(httpx.get(url, trust_env=False).text)
+                   for s in family.samples]
+        cost = sum(s.value for s in samples if s.name == "coder_aibridged_cost_usd_total"
+                   and s.labels.get("model") == "claude-sonnet-4-5" and s.labels.get("initiator_id") == user)
+        ttft = sum(s.value for s in samples if s.name == "coder_aibridged_time_to_first_token_seconds_count"
+                   and s.labels == {"provider": "anthropic", "model": "claude-sonnet-4-5"})
+        return cost, ttft
+
+    # Rows are written in batches and metrics move when a response ends: wait until both have settled.
+    rows = otel_gateway.wait_for(sql, lambda r: len(r) == 1 and r[0]["usd"] == pytest.approx(
+        scrape(r[0]["initiator_id"])[0]))
+    [row] = rows
+    cost, ttft = scrape(row["initiator_id"])
     assert row["usd"] > 0 and cost == pytest.approx(row["usd"])
-    ttft = [v for (name, labels), v in samples.items() if name == "coder_aibridged_time_to_first_token_seconds_count"
-            and ("provider", "anthropic") in labels and ("model", "claude-sonnet-4-5") in labels]
-    assert ttft and ttft[0] >= 1
+    assert 1 <= ttft <= row["n"]  # every stream to this model has one (blocking calls have none)
 
 
 def test_content_only_when_enabled_and_redacted(upstream: FakeUpstream, receiver: OtlpReceiver,
