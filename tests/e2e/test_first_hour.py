@@ -386,3 +386,17 @@ def test_the_docker_image_builds_and_becomes_healthy(tmp_path: Path) -> None:
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
+
+
+def test_compose_and_dockerfile_agree_on_the_home() -> None:
+    import yaml
+
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    home = re.search(r'^VOLUME \["([^"]+)"\]', dockerfile, re.MULTILINE)
+    assert home and f"CODER_AIBRIDGE_HOME={home[1]}" in dockerfile
+    assert re.search(r"^USER aigw$", dockerfile, re.MULTILINE) and "HEALTHCHECK" in dockerfile
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    gateway, postgres = compose["services"]["aigw"], compose["services"]["postgres"]
+    assert gateway["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert any(v.endswith(f":{home[1]}") for v in gateway["volumes"])
+    assert postgres["profiles"] == ["postgres"] and "profiles" not in gateway
