@@ -9,6 +9,7 @@ answers 429 itself with the soonest Retry-After instead of spending a request.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -36,7 +37,8 @@ class KeyPool:
     def retry_after(self) -> int:
         """Seconds until the first key is usable again."""
         soonest = min(self.cooling_until.get(k, 0.0) for k in self.keys)
-        return max(1, round(soonest - self.clock()))
+        # Rounded up: a client told to come back before a key is usable would only be refused again.
+        return max(1, math.ceil(soonest - self.clock()))
 
     def report(self, key: str, status: int, retry_after: str | None) -> None:
         if status == 429:
