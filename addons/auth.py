@@ -41,6 +41,10 @@ class KeyCache:
         with self._lock:
             self._by_hash = keys
 
+    def entries(self) -> dict[str, KeyInfo]:
+        """The current `hash -> KeyInfo` map (replaced whole on every change, never mutated)."""
+        return self._by_hash
+
     def authenticate(self, token: str | None, now: datetime, *, local_admin: bool = False) -> Identity | None:
         """The identity a credential stands for; the local admin token counts only where `local_admin`
         (the admin API, called from this machine), never for provider traffic."""

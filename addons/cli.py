@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sessions_list)
 
+    p = command("migrate", cmd_migrate, "move an embedded DuckDB database into a DuckLake (docs/SCALING.md)")
+    p.add_argument("--from", dest="migrate_from", required=True, metavar="FILE", help="the aibridge.duckdb file")
+    p.add_argument("--to", dest="migrate_to", required=True, metavar="ducklake:postgres:…",
+                   help="an empty DuckLake: ducklake:postgres:dbname=aigw host=… user=…")
+    p.add_argument("--data-path", dest="migrate_data_path", required=True, metavar="DIR|s3://…",
+                   help="where the lake keeps its data files")
     command("snapshot", cmd_snapshot, "refresh the read-only snapshot that external tools open")
     p = command("report", cmd_report, "write a self-contained HTML usage report")
     p.add_argument("--since", default="30d", help="a duration (30d, 12h) or an ISO date (default 30d)")
@@ -598,6 +604,24 @@ def cmd_sessions_list(args: argparse.Namespace, settings: Settings) -> int:
         print(dump_json(rows))
     else:
         print(audit.format_table(rows, audit.SESSION_COLUMNS))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import lake
+    from addons.store.migrate import MigrateError, migrate
+
+    if not args.migrate_to.startswith(config.LAKE_PREFIX + "postgres:"):
+        fail(f"--to must name a DuckLake with its catalog in PostgreSQL: {config.LAKE_PREFIX}postgres:dbname=… host=…")
+    target = config.LakeSettings(args.migrate_to, args.migrate_data_path, settings.s3_endpoint)
+    try:
+        copied = migrate(Path(args.migrate_from).expanduser(), target)
+    except (MigrateError, lake.LakeError) as e:
+        fail(lake.redact(str(e)))
+    for table, n in copied.items():
+        print(f"{table}: {n}")
+    print(f"migrated {args.migrate_from} into {lake.describe(target)}; point the gateway at it with "
+          "CODER_AIBRIDGE_DB and CODER_AIBRIDGE_DATA_PATH")
     return 0
 
 

@@ -192,6 +192,21 @@ class Instance:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+LAKE_PREFIX = "ducklake:"
+
+
+@dataclass(frozen=True, slots=True)
+class LakeSettings:
+    """A DuckLake database: catalog in PostgreSQL, data files in a folder or S3 (addons/store/lake.py)."""
+
+    catalog: str  # ducklake:postgres:<libpq connection string>
+    data_path: str  # a folder or s3://bucket/prefix/
+    s3_endpoint: str | None = None  # an S3-compatible store; None: AWS
+
+    def __repr__(self) -> str:  # a connection string may hold a password
+        return f"LakeSettings(data_path={self.data_path!r}, s3_endpoint={self.s3_endpoint!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     enabled: bool = True
@@ -217,10 +232,13 @@ class Settings:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # names + values of all request headers
     analytics_memory_limit: int = DEFAULT_ANALYTICS_MEMORY_LIMIT  # bytes, CLI reads of the database
     analytics_threads: int | None = None  # None: one per CPU
+    workers: int = 1  # gateway processes on the listener (addons/workers.py)
     governance: GovernanceSettings = DEFAULT_GOVERNANCE  # limits and budgets (addons/governance.py)
     config_file: Path | None = None
     home: Home = DEFAULT_HOME  # holds data/ and certs/ (addons/home.py)
     db_origin: str | None = None  # the variable that set `db`; None: the home's default database
+    lake: LakeSettings | None = None  # a DuckLake instead of `db` (which then only names local state)
+    s3_endpoint: str | None = None  # for a lake's s3:// data path (also `aigw migrate --to`'s)
     prices_file: Path = DEFAULT_PRICES_FILE
     unknown_variables: tuple[str, ...] = ()  # warnings about misspelled CODER_AIBRIDGE_* variables
 
@@ -365,8 +383,23 @@ _OPTIONS = (
         "db",
         "CODER_AIBRIDGE_DB",
         "--aibridge-db",
-        f"DuckDB database file (default: {DEFAULT_DB} in the home)",
+        f"DuckDB database file (default: {DEFAULT_DB} in the home), or a DuckLake shared by replicas: "
+        "ducklake:postgres:dbname=aigw host=… user=… (docs/SCALING.md)",
         metavar="FILE",
+    ),
+    _Opt(
+        "data_path",
+        "CODER_AIBRIDGE_DATA_PATH",
+        "--aibridge-data-path",
+        "where a DuckLake database keeps its data files: a folder or s3://bucket/prefix/",
+        metavar="DIR|URL",
+    ),
+    _Opt(
+        "s3_endpoint",
+        "CODER_AIBRIDGE_S3_ENDPOINT",
+        "--aibridge-s3-endpoint",
+        "an S3-compatible store for --aibridge-data-path (default: AWS S3), e.g. http://minio:9000",
+        metavar="URL",
     ),
     _Opt(
         "home",
@@ -425,6 +458,13 @@ _OPTIONS = (
         "DuckDB memory limit of the analysts' CLI commands on the database, e.g. 512MiB (default 1GiB; "
         "larger intermediates spill to disk)",
         metavar="SIZE",
+    ),
+    _Opt(
+        "workers",
+        "CODER_AIBRIDGE_WORKERS",
+        "--aibridge-workers",
+        "gateway processes serving the listener, or auto (one per CPU) (default 1; also aigw serve --workers)",
+        metavar="N",
     ),
     _Opt(
         "analytics_threads",
@@ -722,6 +762,13 @@ def _parse_count(value: Any, name: str) -> int:
     return int(text)
 
 
+def _parse_workers(value: Any, name: str) -> int:
+    """A count of processes, or `auto`: one per CPU this process may run on."""
+    if str(value).strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return _parse_count(value, name)
+
+
 _HOSTPORT = re.compile(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<port6>\d+)|(?P<host>[A-Za-z0-9.-]*):(?P<port>\d+)")
 
 
@@ -822,6 +869,8 @@ class _YamlSection(_YamlModel):
     log_json: _Scalar = None
     log_human: _Scalar = None
     db: _Scalar = None
+    data_path: _Scalar = None
+    s3_endpoint: _Scalar = None
     home: _Scalar = None
     prices_file: _Scalar = None
     listen: _Scalar = None
@@ -843,6 +892,7 @@ class _YamlSection(_YamlModel):
     max_header_bytes: _Scalar = None
     analytics_memory_limit: _Scalar = None
     analytics_threads: _Scalar = None
+    workers: _Scalar = None
     max_concurrency: _Scalar = None
     rate_limit: _Scalar = None
     default_rpm: _Scalar = None
@@ -1196,6 +1246,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     home_value = picked["home"]
     home = homes.resolve(home_value and str(home_value.value), home_value.origin if home_value else "", environ)
     db_value = picked["db"]
+    lake = _lake(db_value, value)
     prices_file = value("prices_file", _parse_file, DEFAULT_PRICES_FILE)
 
     return Settings(
@@ -1205,7 +1256,7 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         structured_logging=value("structured_logging", _parse_bool, False),
         log_json=value("log_json", text, None),
         log_human=value("log_human", text, None),
-        db=Path(str(db_value.value)).expanduser() if db_value else home.default_db,
+        db=Path(str(db_value.value)).expanduser() if db_value and not lake else home.default_db,
         listen_host=listen_host,
         listen_port=listen_port,
         allow_byok=value("allow_byok", _parse_bool, True),
@@ -1221,14 +1272,41 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         max_header_count=value("max_header_count", _parse_count, DEFAULT_MAX_HEADER_COUNT),
         analytics_memory_limit=value("analytics_memory_limit", _parse_size, DEFAULT_ANALYTICS_MEMORY_LIMIT),
         analytics_threads=value("analytics_threads", _parse_count, None),
+        workers=value("workers", _parse_workers, 1),
         max_header_bytes=value("max_header_bytes", _parse_size, DEFAULT_MAX_HEADER_BYTES),
         governance=_governance(value),
         config_file=config_file,
         home=home,
-        db_origin=db_value.origin if db_value else None,
+        db_origin=db_value.origin if db_value and not lake else None,
+        lake=lake,
+        s3_endpoint=lake.s3_endpoint if lake else value("s3_endpoint", lambda v, _n: str(v).strip(), None),
         prices_file=prices_file,
         unknown_variables=unknown_variables(environ),
     )
+
+
+def _lake(db_value: _Value | None, value: Callable[[str, Callable[[Any, str], Any], Any], Any]) -> LakeSettings | None:
+    """A DuckLake database (`ducklake:postgres:…`) with its data path, or None for a DuckDB file."""
+    def text(v: Any, _name: str) -> str:
+        return str(v).strip()
+
+    data_path = value("data_path", text, None)
+    s3_endpoint = value("s3_endpoint", text, None)
+    if db_value is None or not str(db_value.value).startswith(LAKE_PREFIX):
+        if data_path is not None:
+            raise ConfigError("CODER_AIBRIDGE_DATA_PATH: only for a DuckLake database "
+                              f"(CODER_AIBRIDGE_DB={LAKE_PREFIX}postgres:…)")
+        return None
+    catalog = str(db_value.value).strip()
+    if not catalog.startswith(LAKE_PREFIX + "postgres:") or not catalog[len(LAKE_PREFIX + "postgres:"):].strip():
+        raise ConfigError(f"{db_value.origin}: a DuckLake catalog must be in PostgreSQL: "
+                          f"{LAKE_PREFIX}postgres:dbname=aigw host=… user=…")
+    if data_path is None:
+        raise ConfigError(f"{db_value.origin} names a DuckLake: set CODER_AIBRIDGE_DATA_PATH "
+                          "(--aibridge-data-path) to the folder or s3://bucket/prefix/ for its data files")
+    if s3_endpoint is not None and not s3_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("CODER_AIBRIDGE_S3_ENDPOINT: must be a URL, e.g. http://minio:9000")
+    return LakeSettings(catalog=catalog, data_path=data_path, s3_endpoint=s3_endpoint)
 
 
 def _parse_seconds(value: Any, name: str) -> float | None:

@@ -172,11 +172,13 @@ class MetricsServer:
         self.server.server_close()
 
 
-def start_server(address: str) -> MetricsServer:
-    """Serve /metrics on `address` (host:port). Raises MetricsServerError with a clear message."""
+def start_server(address: str, registry: CollectorRegistry = REGISTRY) -> MetricsServer:
+    """Serve /metrics on `address` (host:port). Raises MetricsServerError with a clear message.
+
+    `registry`: what to serve; with several workers, every worker's metrics summed (addons/workers.py)."""
     host, port = parse_address(address)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
         raise MetricsServerError(
             f"cannot serve Prometheus metrics on {host}:{port} (--prometheus-address / "

@@ -13,12 +13,13 @@ import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 
 from addons.config import Settings
-from addons.records import Record
-from addons.store import db
+from addons.records import InterceptionStart, Record
+from addons.store import db, lake
 from addons.store.prices import Pricer
 from addons.store.spool import Spool, spool_dir
 from addons.store.views import create_views
@@ -33,6 +34,7 @@ class Recorder:
         self.conn: duckdb.DuckDBPyConnection | None = None
         self.writer: RecordWriter | None = None
         self.sinks: list[Callable[[Record], None]] = []
+        self.worker: int | None = None  # with several workers: this process's id, in each interception's metadata
 
     def open(self) -> None:
         """Open the database and start the writer; raises DatabaseLockedError early, before serving.
@@ -52,17 +54,26 @@ class Recorder:
         self.writer = RecordWriter(self.conn, price=lambda usage: pricer.cost(
             usage.provider, usage.model, usage.input_tokens, usage.output_tokens,
             usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata),
-            spool=spool, reopen=self.reopen, recover_before=datetime.now(UTC))
+            spool=spool, reopen=self.reopen, recover_before=datetime.now(UTC),
+            replica=lake.replica_id(self.settings.home.path) if self.settings.lake else None)
         self.writer.start()
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        conn = db.connect(self.settings.db)
+        shared = self.settings.lake
+        conn = lake.connect(shared) if shared else db.connect(self.settings.db)
         try:
-            create_views(conn)
+            if shared:  # replicas starting together replace the views at the same time: retry the loser
+                lake.retry_conflicts(conn, create_views)
+            else:
+                create_views(conn)
             from addons.analytics import snapshot_dir  # imported here: analytics imports this module
 
-            # The admin query endpoint runs SQL on this database: no file, network or extension access.
-            db.lock_down(conn, [snapshot_dir(self.settings)])
+            # The admin query endpoint runs SQL on this database: no file, network or extension access
+            # (a lake: its data files only).
+            allowed: list[Path | str] = [snapshot_dir(self.settings)]
+            if shared:
+                allowed.append(shared.data_path if "://" in shared.data_path else Path(shared.data_path))
+            db.lock_down(conn, allowed)
         except BaseException:
             conn.close()
             raise
@@ -92,6 +103,8 @@ class Recorder:
 
     def record(self, record: Record) -> None:
         assert self.writer is not None
+        if self.worker is not None and type(record) is InterceptionStart:
+            record.metadata["worker"] = self.worker
         self.writer.submit(record)
         for sink in self.sinks:
             try:
