@@ -158,9 +158,13 @@ def refresh(conn: duckdb.DuckDBPyConnection) -> int:
         if not _has_rollup(cur):
             return 0
         row = cur.execute(f"SELECT min({utc_day('started_at')}) FROM aibridge_interceptions").fetchone()
-        if row is None or row[0] is None:
-            return 0
-        _rolled_days(cur, _midnight(row[0]), datetime.now(UTC))
+        first = row[0] if row and row[0] is not None else datetime.now(UTC).date()
+        with _BUILDING:  # days retention emptied: reports never show them, so their rollup goes too
+            cur.execute("BEGIN TRANSACTION")
+            for table in ROLLUP_TABLES:
+                cur.execute(f"DELETE FROM {table} WHERE day < ?", [first])
+            cur.execute("COMMIT")
+        _rolled_days(cur, _midnight(first), datetime.now(UTC))
         return cur.execute("SELECT count(*) FROM aigw_rollup_days").fetchone()[0]  # type: ignore[index,no-any-return]
     finally:
         cur.close()

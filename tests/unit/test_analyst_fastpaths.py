@@ -223,6 +223,13 @@ def test_refresh_rolls_up_every_closed_day(db: Path) -> None:
         assert rolled == closed and (END - timedelta(days=3, hours=2)).date() not in rolled
         assert rollup.refresh(conn) == len(closed)  # nothing left to do, nothing changes
         assert {d for (d,) in conn.execute("SELECT day FROM aigw_rollup_days").fetchall()} == rolled
+        # Retention purges the oldest day: its rollup goes too.
+        oldest = min(rolled)
+        conn.execute("DELETE FROM aibridge_interceptions WHERE CAST(timezone('UTC', started_at) AS DATE) = ?",
+                     [oldest])
+        assert rollup.refresh(conn) == len(closed) - 1
+        for table in rollup.ROLLUP_TABLES:
+            assert conn.execute(f"SELECT count(*) FROM {table} WHERE day = ?", [oldest]).fetchone() == (0,)
     finally:
         conn.close()
 
