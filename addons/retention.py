@@ -117,9 +117,13 @@ def default_clock() -> Callable[[], datetime]:
 class Retention:
     """Addon: purges about every 10 minutes and once at start, off the event loop."""
 
-    def __init__(self, retention: timedelta | None, writer: Any, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, retention: timedelta | None, writer: Any, now: Callable[[], datetime] | None = None,
+                 lease: Callable[[duckdb.DuckDBPyConnection, float], bool] | None = None) -> None:
         self.retention = retention
         self.writer = writer  # RecordWriter: purges run on its thread, ordered with record writes
+        # Replicas on a lake: takes or renews the retention lease for that many seconds; False: another
+        # replica holds it, this one skips.
+        self.lease = lease
         self.now = now or default_clock()
         self.interval = DEFAULT_INTERVAL
         self.batch = BATCH
@@ -170,6 +174,10 @@ class Retention:
         cutoff = self.cutoff()
         purged = 0
         try:
+            lease = self.lease
+            if lease is not None and not await asyncio.to_thread(
+                    self.writer.call, lambda conn: lease(conn, self.interval * 1.5 + 60)):
+                return 0
             # One writer call per batch, so record writes interleave with a long purge instead of queueing.
             while True:
                 n = await asyncio.to_thread(self.writer.call, lambda conn: purge_batch(conn, cutoff, self.batch),

@@ -116,16 +116,17 @@ def connect(
     return conn
 
 
-def lock_down(conn: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[Path] = ()) -> None:
+def lock_down(conn: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[Path | str] = ()) -> None:
     """From now on, no SQL on this database reads or writes other files, the network or extensions.
 
     DuckDB scopes these settings to the database instance, not the connection (`SET SESSION
     enable_external_access` is refused), so they cover every cursor: the admin query endpoint's and
     the writer's alike. Still reachable: the database file, its WAL and temp directory, and
-    `allowed_dirs` (the gateway's snapshots). The configuration is locked so that no statement
-    can undo this; anything that needs a setting or an ATTACH must run before.
+    `allowed_dirs` (the gateway's snapshots; a DuckLake's data folder or s3:// prefix). The
+    configuration is locked so that no statement can undo this; anything that needs a setting or
+    an ATTACH must run before.
     """
-    dirs = [str(Path(d).resolve()) + os.sep for d in allowed_dirs]
+    dirs = [d if isinstance(d, str) and "://" in d else str(Path(d).resolve()) + os.sep for d in allowed_dirs]
     conn.execute("SET allowed_directories = ?", [dirs])
     conn.execute("SET enable_external_access = false")
     conn.execute("SET lock_configuration = true")

@@ -233,7 +233,8 @@ def budgets(conn: duckdb.DuckDBPyConnection, policy_name: str, period: str,
 
 
 def _user_id(conn: duckdb.DuckDBPyConnection, user: str) -> str:
-    row = conn.execute("SELECT id::VARCHAR FROM users WHERE name = ?", [validate_user_name(user)]).fetchone()
+    row = conn.execute("SELECT id::VARCHAR FROM users WHERE name = ? ORDER BY created_at, id LIMIT 1",
+                       [validate_user_name(user)]).fetchone()
     if row is None:
         raise LookupError(f"no user {user!r} (users appear with their first key, or with `aigw users add`)")
     return row[0]
@@ -248,11 +249,14 @@ def _upsert(conn: duckdb.DuckDBPyConnection, table: str, key_col: str, key: str,
     values.update(extra or {})
     if not values:
         return
+    # Update, else insert: no ON CONFLICT, which needs a PRIMARY KEY that a DuckLake cannot have.
+    updates = ", ".join(f"{c} = ?" for c in values)
+    row = conn.execute(f"UPDATE {table} SET {updates} WHERE {key_col} = ?{cast}", [*values.values(), key]).fetchone()
+    if row and row[0]:
+        return
     cols = ", ".join(values)
     marks = ", ".join("?" for _ in values)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in values)
-    conn.execute(f"INSERT INTO {table} ({key_col}, {cols}) VALUES (?{cast}, {marks}) "
-                 f"ON CONFLICT ({key_col}) DO UPDATE SET {updates}", [key, *values.values()])
+    conn.execute(f"INSERT INTO {table} ({key_col}, {cols}) VALUES (?{cast}, {marks})", [key, *values.values()])
 
 
 def set_user(conn: duckdb.DuckDBPyConnection, user: str, changes: dict[str, Any], create: bool = False) -> None:

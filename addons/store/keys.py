@@ -90,7 +90,9 @@ def validate_user_name(user: str) -> str:
 def ensure_user(conn: duckdb.DuckDBPyConnection, user: str, now: datetime | None = None) -> str:
     """The id of user `user`, created if missing."""
     validate_user_name(user)
-    row = conn.execute("SELECT id::VARCHAR FROM users WHERE name = ?", [user]).fetchone()
+    # A lake has no UNIQUE constraint: should two replicas add a name at once, the first row wins.
+    row = conn.execute("SELECT id::VARCHAR FROM users WHERE name = ? ORDER BY created_at, id LIMIT 1",
+                       [user]).fetchone()
     if row is not None:
         return str(row[0])
     user_id = str(uuid.uuid4())

@@ -191,3 +191,12 @@ CHILD_TABLES: tuple[str, ...] = (
     "aibridge_tool_usages",
     "aibridge_model_thoughts",
 )
+
+
+def _lake_flavour(stmt: str) -> str:
+    """DuckLake has no PRIMARY KEY/UNIQUE constraints: the writers keep those columns unique."""
+    return stmt.replace(" PRIMARY KEY", "").replace(" UNIQUE", "")
+
+
+# schema.DDL for a DuckLake catalog (addons/store/lake.py).
+LAKE_DDL: tuple[str, ...] = tuple(_lake_flavour(stmt) for stmt in DDL)

@@ -26,6 +26,7 @@ plain SQL, so it works unchanged against an attached DuckLake catalog.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +48,7 @@ from addons.records import (
     ToolUsageRecord,
 )
 from addons.store import spool as spooling
+from addons.store.lake import is_conflict
 from addons.store.spool import RETRY_MAX, Outage, Spool, is_data_error, json_default, needs_reopen
 
 log = logging.getLogger("aigw.store")
@@ -55,6 +57,7 @@ T = TypeVar("T")
 
 _JSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS
 
+CONFLICT_RETRIES = 50  # a batch's commit losing to another replica's is simply run again
 THREAD_MAP_SIZE = 50_000  # entries per map; a miss costs one database lookup on the writer thread
 _RETRY_GROUP = 128
 _MISSING = object()
@@ -173,14 +176,15 @@ RECOVERED_ERROR = "gateway stopped before the interception ended"
 
 
 def recover_open_interceptions(conn: duckdb.DuckDBPyConnection, now: datetime,
-                               before: datetime | None = None) -> int:
-    """End interceptions a crash left open (status 'failed'), those started before `before` if given;
-    returns how many."""
+                               before: datetime | None = None, replica: str | None = None) -> int:
+    """End interceptions a crash left open (status 'failed'), those started before `before` if given,
+    only `replica`'s when given (a shared lake: the others' are still streaming); returns how many."""
+    mine = "" if replica is None else " AND json_extract_string(metadata, '$.replica') = ?"
     row = conn.execute(
         "UPDATE aibridge_interceptions SET ended_at = ?::TIMESTAMPTZ, status = 'failed', "
         "metadata = json_merge_patch(coalesce(metadata, '{}'::JSON), ?::JSON) WHERE ended_at IS NULL "
-        "AND started_at < ?::TIMESTAMPTZ",
-        [_ts(now), _dumps({"error": RECOVERED_ERROR}), _ts(before or now)],
+        "AND started_at < ?::TIMESTAMPTZ" + mine,
+        [_ts(now), _dumps({"error": RECOVERED_ERROR}), _ts(before or now), *([replica] if replica else [])],
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -300,6 +304,7 @@ class RecordWriter:
         spool: Spool | None = None,
         reopen: Callable[[], duckdb.DuckDBPyConnection] | None = None,
         recover_before: datetime | None = None,
+        replica: str | None = None,
         retry_max: float = RETRY_MAX,
     ) -> None:
         """`spool`: where batches wait while the database fails (without one they are dropped, logged).
@@ -328,6 +333,8 @@ class RecordWriter:
         self.outage = Outage(spool, retry_max)  # failures, spool, drops (metrics hook in here)
         self._reopen = reopen
         self._recover_before = recover_before
+        # On a lake shared by replicas: stamped on each interception, so that a restart ends only its own.
+        self.replica = replica
         self._markers_ready = False
         self._rows_written = 0
         self._batches = 0
@@ -558,7 +565,7 @@ class RecordWriter:
                 log.warning("could not clear the spool's replay markers (harmless)", exc_info=True)
         if self._recover_before is not None and self._cur is not None:
             try:
-                n = recover_open_interceptions(self._cur, datetime.now(UTC), self._recover_before)
+                n = recover_open_interceptions(self._cur, datetime.now(UTC), self._recover_before, self.replica)
             except Exception as exc:
                 o.failed(exc)
                 return
@@ -652,18 +659,23 @@ class RecordWriter:
             if marker is not None and not self._markers_ready:
                 spooling.ensure_marker_table(cur)
                 self._markers_ready = True
-            cur.execute("BEGIN")
-            try:
-                if marker is not None and spooling.replayed(cur, marker):
-                    cur.execute("ROLLBACK")
-                    return None
-                self._execute(cur, plan)
-                if marker is not None:
-                    spooling.mark_replayed(cur, marker)
-                cur.execute("ROLLBACK" if dry_run else "COMMIT")
-            except BaseException:
-                self._rollback_quietly()
-                raise
+            for attempt in range(CONFLICT_RETRIES + 1):
+                cur.execute("BEGIN")
+                try:
+                    if marker is not None and spooling.replayed(cur, marker):
+                        cur.execute("ROLLBACK")
+                        return None
+                    self._execute(cur, plan)
+                    if marker is not None:
+                        spooling.mark_replayed(cur, marker)
+                    cur.execute("ROLLBACK" if dry_run else "COMMIT")
+                    break
+                except BaseException as exc:
+                    self._rollback_quietly()
+                    # A lake: another replica committed into the same table first; nothing was written.
+                    if not is_conflict(exc) or attempt == CONFLICT_RETRIES:
+                        raise
+                time.sleep(random.uniform(0.005, 0.05))
         except Exception as exc:
             return exc
         if dry_run:
@@ -764,6 +776,8 @@ class RecordWriter:
                 metadata = dict(r.metadata) if r.metadata else {}
                 parent = root = None
                 cid = r.correlating_tool_call_id
+                if self.replica is not None:
+                    metadata["replica"] = self.replica
                 if cid:
                     metadata["correlating_tool_call_id"] = cid
                     parent = tool_owner.get(cid)
@@ -865,7 +879,8 @@ class RecordWriter:
                         roots.set(parent, parent_root)
                     else:
                         need_roots.add(parent)
-                for cid in need_calls:  # not recorded anywhere: remember that
+                # Not recorded anywhere: remember that, unless another replica may record it any moment.
+                for cid in need_calls if self.replica is None else ():
                     tool_owner.set(cid, None)
             need_roots = {p for p in need_roots if p not in roots}
             if need_roots:
