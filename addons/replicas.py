@@ -31,6 +31,7 @@ class LakeSync:
         self.interval = interval
         self.task: asyncio.Task[None] | None = None
         self.failing = False
+        self.loaded_keys: dict[str, Any] | None = None
 
     def running(self) -> None:
         if self.task is None:
@@ -59,8 +60,12 @@ class LakeSync:
         if self.failing:
             log.info("keys and limits reload from the lake again")
         self.failing = False
-        self.keys.replace(keys)
-        self.governance.replace_policy(policy)
+        # Only what changed: with --workers, each replacement is sent to every worker.
+        if keys != self.loaded_keys:
+            self.keys.replace(keys)
+            self.loaded_keys = keys
+        if policy != self.governance.policy:
+            self.governance.replace_policy(policy)
 
 
 def _load(conn: Any) -> tuple[Any, Any]:
