@@ -156,7 +156,8 @@ async def test_web_master_serializes_only_redacted_flows() -> None:
     assert handler_for(f"/flows/{f.id}/request/content.data") is web._FlowContent
     assert handler_for(f"/flows/{f.id}/response/content/auto.json") is web._FlowContentView
     assert handler_for("/commands/export") is web._ExecuteCommand
-    assert handler_for("/options.json") is app.Options  # everything else is mitmweb's own
+    assert handler_for("/options.json") is web._Options  # display options only (tests/security/test_web_ui.py)
+    assert handler_for("/filter-help") is app.FilterHelp  # everything else is mitmweb's own
 
 
 def test_query_credentials_encoded_names() -> None:
