@@ -46,7 +46,8 @@ from bench_lib.systems import (
 from bench_lib.tlsgen import make_upstream_certs
 
 APIS = ("anthropic", "openai")
-ORDER = ("direct", "mitmproxy", "aigw", "aigw+otel", "peer")  # aigw+otel: only with --otel
+WORKERS = "aigw-workers"  # only with --workers N: aigw serve --workers N
+ORDER = ("direct", "mitmproxy", "aigw", WORKERS, "aigw+otel", "peer")  # aigw+otel: only with --otel
 
 
 @dataclass
@@ -68,13 +69,16 @@ class Params:
     s6_warmup: int = 1000
     s6_fresh: bool = True  # soak a freshly started process
     s4_apis: tuple[str, ...] = APIS
+    s7_events: int = 100
+    s7_intervals_ms: tuple[float, ...] = (2.0, 20.0)
+    s7_seconds: float = 6.0  # of streams, one after the other, per interval and system
 
     @classmethod
     def quick(cls) -> Params:
         return cls(s1_concurrency=(4,), s1_duration=0.5, s1_warmup=0.2, s2_events=20, s2_interval_ms=1,
                    s2_concurrency=2, s2_streams=1, s3_streams=10, s3_seconds=1.0, s3_interval_ms=100,
                    s3_ramp=0.2, s5_requests=300, s6_requests=200, s6_concurrency=4, s6_warmup=20,
-                   s6_fresh=False, s4_apis=("anthropic",))
+                   s6_fresh=False, s4_apis=("anthropic",), s7_events=20, s7_seconds=0.5)
 
 
 def log(msg: str) -> None:
@@ -189,6 +193,13 @@ class Bench:
             except Exception as e:
                 self.unavailable[name] = f"{type(e).__name__}: {e}"
                 log(f"{name} could not start: {e}")
+        if self.args.workers > 1 and "aigw" in wanted:
+            try:
+                self.systems[WORKERS] = start_aigw(self.work, up, WORKERS, workers=self.args.workers)
+                log(f"{WORKERS} ({self.args.workers} processes) on 127.0.0.1:{self.systems[WORKERS].port}")
+            except Exception as e:
+                self.unavailable[WORKERS] = f"{type(e).__name__}: {e}"
+                log(f"{WORKERS} could not start: {e}")
         if self.args.otel:
             self.otlp = OtlpSink().start()
             try:
@@ -299,6 +310,26 @@ class Bench:
             log(f"  {sysm.name}: errors {r.get('errors')} event delay p99 {_g(r, 'event_delay_ms', 'p99')} ms, "
                 f"RSS max {sut.get('rss_max_mb')} MB, CPU {sut.get('cpu_pct')} %")
         self.results["3_many_agents"] = {"params": params}
+
+    def s7_one_stream(self) -> None:
+        """One stream at a time: what aigw adds per event over plain mitmdump when nothing else runs."""
+        p = self.p
+        params = {"api": "anthropic", "events_per_stream": p.s7_events, "intervals_ms": list(p.s7_intervals_ms),
+                  "concurrency": 1, "seconds_per_case": p.s7_seconds,
+                  "metric": "mean event delay (client read time - upstream stamp); aigw - mitmproxy"}
+        log(f"scenario 7 (one stream at a time): {params}")
+        for interval in p.s7_intervals_ms:
+            streams = max(2, round(p.s7_seconds * 1000 / (p.s7_events * interval)))
+            for sysm in self.active(("mitmproxy", "aigw", WORKERS)):
+                spec = self.spec(sysm, "anthropic", "stream", True, events=p.s7_events, interval_ms=interval,
+                                 concurrency=1, streams=streams, expect_events=stamped_events("anthropic", p.s7_events),
+                                 timeout=120)
+                r = self.loadgen(spec, {"sut": sysm.proc}, 600)
+                self.record("7", sysm.name, {"api": "anthropic", "interval_ms": interval}, r)
+                log(f"  {interval:g} ms {sysm.name}: event delay mean {_g(r, 'event_delay_ms', 'mean')} ms "
+                    f"p50 {_g(r, 'event_delay_ms', 'p50')} ms p99 {_g(r, 'event_delay_ms', 'p99')} ms, "
+                    f"errors {r.get('errors')}")
+        self.results["7_one_stream"] = {"params": params}
 
     def s4_proxy(self) -> None:
         p = self.p
@@ -523,7 +554,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     peer.add_argument("--peer", dest="peer", action="store_true", default=None,
                       help="include LiteLLM's proxy (default, except with --quick); installs it on first use")
     peer.add_argument("--no-peer", dest="peer", action="store_false")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset of 1-6")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated subset of 1-7")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help=f"also measure aigw serve --workers N ('{WORKERS}') and report its scaling over one "
+                    "process (scenarios 1-3, 7)")
     ap.add_argument("--systems", default=",".join(ORDER), help="comma-separated subset of " + ",".join(ORDER))
     ap.add_argument("--profile", action="store_true", help="py-spy the aigw and mitmproxy hot paths (extra runs)")
     ap.add_argument("--soak-peer", action="store_true", help="also soak the peer (slow)")
@@ -583,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.s1_blocking()
         if args.profile:
             bench.profile_hot_path()
+        if "7" in scenarios:
+            bench.s7_one_stream()
         if "2" in scenarios:
             bench.s2_streaming()
         if "4" in scenarios:

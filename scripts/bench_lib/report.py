@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 OTEL = "aigw+otel"  # only with --otel: the cost of OpenTelemetry export
-SYSTEMS = ("direct", "mitmproxy", "aigw", OTEL, "peer")
-RATIOS = (("aigw", "mitmproxy"), ("aigw", "direct"), ("aigw", "peer"), (OTEL, "aigw"))
+WORKERS = "aigw-workers"  # only with --workers N
+SYSTEMS = ("direct", "mitmproxy", "aigw", WORKERS, OTEL, "peer")
+RATIOS = (("aigw", "mitmproxy"), ("aigw", "direct"), ("aigw", "peer"), (OTEL, "aigw"), (WORKERS, "aigw"))
+WORKERS_SCALING = 1.6  # N workers' blocking req/s over one process's, at the highest concurrency
+WORKERS_S3_P99_MS = 250.0
 
 
 def _get(run: dict[str, Any], path: str) -> Any:
@@ -78,6 +81,12 @@ def table(doc: dict[str, Any]) -> list[dict[str, Any]]:
             rows += _metric_rows(doc, "4", "4 proxy blocking", f"{api} c={c}",
                                  {"api": api, "kind": "blocking", "concurrency": c}, blocking[:4])
         rows += _metric_rows(doc, "4", "4 proxy streaming", api, {"api": api, "kind": "stream"}, streaming[:4])
+    for interval in params.get("s7_intervals_ms") or ():
+        rows += _metric_rows(doc, "7", "7 one stream", f"{params['s7_events']} ev/{interval:g}ms c=1",
+                             {"interval_ms": interval},
+                             [("event delay mean ms", "event_delay_ms.mean", "lower"),
+                              ("event delay p50 ms", "event_delay_ms.p50", "lower"),
+                              ("event delay p99 ms", "event_delay_ms.p99", "lower"), ("errors", "errors", "lower")])
     s5 = doc["scenarios"].get("5_recorder")
     if s5:
         rows.append(_row("5 recorder", "writer alone", "rows/s", "higher",
@@ -96,6 +105,37 @@ def table(doc: dict[str, Any]) -> list[dict[str, Any]]:
                               ("2nd-half growth %", "rss_second_half_growth_pct", "lower"),
                               ("rows = requests", "rows.exactly_one_per_request", "")])
     return rows
+
+
+def _workers_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """--workers N: scaling of blocking req/s, scenario 3 on N processes, and the one-stream cost."""
+    out: list[dict[str, Any]] = []
+    params = doc["params"]
+    c = max(params["s1_concurrency"])
+    for api in ("anthropic", "openai"):
+        runs = _runs(doc, "1", api=api, concurrency=c)
+        w, one = runs.get(WORKERS), runs.get("aigw")
+        if w and one and one.get("rps"):
+            ratio = round(w["rps"] / one["rps"], 3)
+            out.append(_target(f"W.scaling.{api}.c{c}", f"workers: {api} c={c} req/s, {WORKERS}/aigw", ratio,
+                               f">= {WORKERS_SCALING}", ratio >= WORKERS_SCALING and not w.get("errors")))
+    w3 = _runs(doc, "3").get(WORKERS)
+    if w3:
+        p99 = _get(w3, "event_delay_ms.p99")
+        out.append(_target("W.3", "workers: scenario 3 errors / event delay p99 (ms)", f"{w3.get('errors')} / {p99}",
+                           f"0 / < {WORKERS_S3_P99_MS:g}", w3.get("errors") == 0 and p99 is not None
+                           and p99 < WORKERS_S3_P99_MS))
+    for interval in params.get("s7_intervals_ms") or ():
+        runs = _runs(doc, "7", interval_ms=interval)
+        m = _get(runs.get("mitmproxy") or {}, "event_delay_ms.mean")
+        for name in ("aigw", WORKERS):
+            a = _get(runs.get(name) or {}, "event_delay_ms.mean")
+            if a is not None and m is not None:
+                diff = round(a - m, 3)
+                out.append(_target(f"7.delay.{name}.{interval:g}ms",
+                                   f"7: one stream, {interval:g} ms apart: {name} mean - mitmproxy mean (ms/event)",
+                                   diff, "<= 0.3", diff <= 0.3 and not runs[name].get("errors")))
+    return out
 
 
 def _target(tid: str, text: str, value: Any, threshold: str, met: bool | None, note: str = "") -> dict[str, Any]:
@@ -133,6 +173,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_target("3.delay", "3: event delay p99 (ms)", p99, "< 50", p99 is not None and p99 < 50))
         rss = _get(a3, "procs.sut.rss_max_mb")
         out.append(_target("3.rss", "3: gateway RSS max (MB)", rss, "< 600", rss is not None and rss < 600))
+    out += _workers_targets(doc)
     s5 = doc["scenarios"].get("5_recorder")
     if s5:
         rps = s5["standalone"].get("rows_per_s")
@@ -224,7 +265,7 @@ def render(doc: dict[str, Any]) -> str:
                 lines.append("     availability: " + ", ".join(f"{k}: {v}" for k, v in sc["availability"].items()))
     systems = [s for s in SYSTEMS if s != OTEL or OTEL in doc["systems"]]
     ratios = [r for r in RATIOS if OTEL not in r or OTEL in doc["systems"]]
-    head = f"{'scenario':18s} {'case':26s} {'metric':20s}" + "".join(f"{s:>10s}" for s in systems) + \
+    head = f"{'scenario':18s} {'case':26s} {'metric':20s}" + "".join(f"{s:>13s}" for s in systems) + \
         "".join(f"{a + '/' + b:>16s}" for a, b in ratios)
     lines.append("")
     lines.append(head)
@@ -232,7 +273,7 @@ def render(doc: dict[str, Any]) -> str:
     for row in doc["table"]:
         vals = row["values"]
         line = f"{row['scenario']:18s} {row['case'][:26]:26s} {row['metric']:20s}"
-        line += "".join(f"{_fmt(vals.get(s)):>10s}" for s in systems)
+        line += "".join(f"{_fmt(vals.get(s)):>13s}" for s in systems)
         line += "".join(f"{_fmt(row['ratios'].get(f'{a}/{b}')):>16s}" for a, b in ratios)
         lines.append(line)
     lines.append("")

@@ -187,6 +187,18 @@ def _or_stop(proc: Proc, wait: Callable[[], None]) -> None:
         raise
 
 
+def wait_log(proc: Proc, path: Path, lines: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if all(line in text for line in lines):
+            return
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name}: not all of {lines} within {timeout:.0f}s:\n{proc.tail()}")
+
+
 def wait_port(port: int, timeout: float, proc: Proc) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -232,7 +244,8 @@ def aigw_env(d: Path, up: Upstream, port: int) -> dict[str, str]:
     return env
 
 
-def start_aigw(work: Path, up: Upstream, name: str = "aigw", otel_endpoint: str | None = None) -> System:
+def start_aigw(work: Path, up: Upstream, name: str = "aigw", otel_endpoint: str | None = None,
+               workers: int = 1) -> System:
     d = work / name
     (d / "data").mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -245,7 +258,7 @@ def start_aigw(work: Path, up: Upstream, name: str = "aigw", otel_endpoint: str 
         raise RuntimeError(f"aigw keys create failed:\n{created.stderr}")
     key = json.loads(created.stdout)["key"]
     help_text = _serve_help(env, d)
-    args = ["serve"]
+    args = ["serve", *(["--workers", str(workers)] if workers > 1 else [])]
     notes: list[str] = []
     if otel_endpoint is not None:
         notes.append(f"OpenTelemetry export on: OTEL_EXPORTER_OTLP_ENDPOINT={otel_endpoint} (in-process receiver)")
@@ -269,6 +282,10 @@ def start_aigw(work: Path, up: Upstream, name: str = "aigw", otel_endpoint: str 
     env["AIGW_BENCH_WRITER_STATS"] = str(d / "writer-stats.jsonl")
     proc = Proc(name, [PY, "-m", "bench_lib.aigw_probe", *args], cwd=d, env=env, log=d / "aigw.log")
     _or_stop(proc, lambda: wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc))
+    if workers > 1:  # /healthz answers once the primary serves; the others start a few seconds later
+        log_file = d / "aigw.log.jsonl" if "--log-json" in args else d / "aigw.log"
+        _or_stop(proc, lambda: wait_log(proc, log_file, [f"aigw worker {w} listening" for w in range(1, workers)],
+                                        60))
     sysm = System(name, "127.0.0.1", port, dict(GATEWAY_PATHS),
                   {"anthropic": {"x-api-key": key, "anthropic-version": "2023-06-01"},
                    "openai": {"authorization": f"Bearer {key}"}}, MODELS, proc, notes=notes, workdir=d)
