@@ -92,25 +92,27 @@ def generate(conn: duckdb.DuckDBPyConnection, rows: int, *, days: int = 30, end:
                        -- Claude Code on Claude models, Codex on GPT models, Copilot on all four
                        (CASE s % 3 WHEN 0 THEN (hs // 7 + k // 8) % 2 WHEN 1 THEN 2 + (hs // 7 + k // 8) % 2
                         ELSE (hs // 7 + k // 8) % 4 END)::INT AS mk,
-                       -- session start: spread evenly over the period, jittered; 30 s per turn;
-                       -- every 50th Copilot conversation resumes 20 h later (a thread across days)
-                       (s * {span_s}.0 / {sessions} + (hs % 600))
+                       -- session start: spread evenly over the period, jittered; 30 s per turn (all
+                       -- before `end`, no two turns of a session at the same time); every 50th Copilot
+                       -- conversation resumes 20 h later (a thread across days) if that is before `end`
+                       (s * {span_s - 1200}.0 / {sessions} + (hs % 600))
                          + k * 30 + (h % 20)
-                         + CASE WHEN s % 150 = 2 AND k >= {PER_SESSION // 2} THEN 72000 ELSE 0 END AS off_s,
+                         + CASE WHEN s % 150 = 2 AND k >= {PER_SESSION // 2}
+                                     AND s * {span_s - 1200}.0 / {sessions} + 73200 < {span_s}
+                                THEN 72000 ELSE 0 END AS off_s,
                        h % 100 AS roll
                 FROM base
             )
             SELECT sh.*, m.*, c.client,
                    {_uuid('i', 'ic')} AS id,
                    {_uuid('u', 'user')} AS initiator_id,
-                   least(?::TIMESTAMPTZ + to_microseconds((off_s * 1000000)::BIGINT),
-                         ?::TIMESTAMPTZ - INTERVAL 1 minute) AS started_at,
+                   ?::TIMESTAMPTZ + to_microseconds((off_s * 1000000)::BIGINT) AS started_at,
                    CASE WHEN roll < 4 THEN 'failed' WHEN roll < 6 THEN 'cancelled' ELSE 'completed' END AS status,
                    1000 + h % 20000 AS in_tok, 50 + (h // 3) % 2000 AS out_tok,
                    CASE WHEN k > 0 THEN (h // 5) % 40000 ELSE 0 END AS cr_tok,
                    CASE WHEN k % 5 = 0 THEN (h // 11) % 4000 ELSE 0 END AS cw_tok
             FROM shaped sh JOIN m USING (mk) JOIN c USING (ck)
-        """, [start, end])
+        """, [start])
         price = "p_in * in_tok + p_out * out_tok + p_cr * cr_tok + p_cw * cw_tok"
         unpriced_sql = "model = 'gpt-5-mini'" if unpriced else "false"
         conn.execute(f"""
