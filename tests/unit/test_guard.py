@@ -12,7 +12,7 @@ from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook,
 from mitmproxy.test import tflow, tutils
 
 from addons import context
-from addons.config import Settings, load
+from addons.config import ConfigError, Settings, load
 from addons.engine import HookTable, use_hook_table
 from addons.guard import DefaultDeny, Guard, allow_upstream, header_problem, path_problem, request_line_problem
 
@@ -250,3 +250,59 @@ def test_error_shapes() -> None:
                                                                                 "message": "m"}}
     unknown = guard.error_response(gateway_flow("/elsewhere"), 400, "m", "invalid_request_error")
     assert json.loads(unknown.content or b"")["error"]["message"] == "m"
+
+
+# -- limits configuration and the stream taps -----------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "size"), [("32MiB", 32 * 1024 * 1024), ("500KiB", 500 * 1024), ("64k", 65536),
+                                             ("1MB", 1000 * 1000), ("1048576", 1048576), ("2 GiB", 2 * 1024**3)])
+def test_sizes(value: str, size: int) -> None:
+    assert load(None, {"CODER_AIBRIDGE_MAX_BODY_SIZE": value}).max_body_size == size
+
+
+def test_limit_defaults_and_errors() -> None:
+    defaults = load(None, {})
+    assert (defaults.max_body_size, defaults.max_header_count, defaults.max_header_bytes) == (32 * 1024**2, 100,
+                                                                                               64 * 1024)
+    for env, value in (("CODER_AIBRIDGE_MAX_BODY_SIZE", "lots"), ("CODER_AIBRIDGE_MAX_BODY_SIZE", "0"),
+                       ("CODER_AIBRIDGE_MAX_HEADER_COUNT", "-1"), ("CODER_AIBRIDGE_MAX_HEADER_BYTES", "1.5k")):
+        with pytest.raises(ConfigError, match=env):
+            load(None, {env: value})
+
+
+class BrokenParser:
+    def skips(self, *block: Any) -> bool:
+        raise RuntimeError("parser bug")
+
+    def on_event(self, event: Any) -> None:
+        raise RuntimeError("parser bug")
+
+
+def test_stream_taps_never_raise() -> None:
+    """The taps run inside mitmproxy's core, outside any hook: the guard cannot catch them, so they must not raise."""
+    from addons.dumps import _Tee
+    from addons.intercept import StreamTap
+
+    tap = StreamTap(BrokenParser(), hide_usage=True)
+    chunk = b'event: message_start\ndata: {"type":"message_start"}\n\n'
+    assert tap(chunk) == chunk and tap(b"\xff\x00 not sse") == b"\xff\x00 not sse" and tap(b"") == b""
+
+    def broken_sink(data: bytes) -> None:
+        raise OSError("disk full")
+
+    assert _Tee(True, broken_sink)(chunk) == chunk
+
+
+def test_bedrock_taps_never_raise() -> None:
+    from addons.bedrock import EventStreamToSSE, RelayTap
+
+    class Broken:
+        def feed(self, chunk: bytes) -> None:
+            raise RuntimeError("parser bug")
+
+    converter = EventStreamToSSE()
+    out = converter(b"\x00\x00\x00\x10garbage-garbage-garbage")
+    assert b"event: error" in b"".join(out) and converter(b"") == []
+    relay = RelayTap(Broken())  # type: ignore[arg-type]
+    assert relay(b"\x00\x00abc") == b"\x00\x00abc" and relay(b"") == b""
