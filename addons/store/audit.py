@@ -331,8 +331,8 @@ def list_sessions(conn: duckdb.DuckDBPyConnection, f: Filters, limit: int = 50) 
     keys, initiators = _recent_sessions(cur, where, params, limit)
     if not keys:
         return []
-    # Only the interceptions of those sessions are summarised (with their children): a prefilter
-    # the scan can apply column by column, then the exact session key.
+    # Only the interceptions of those sessions are summarised (with their children): row ids of a
+    # superset found on the key columns alone, then the exact session key on those rows.
     sql = f"""
         WITH top AS (SELECT unnest(?::VARCHAR[]) AS session_id, unnest(?::UUID[]) AS initiator_id),
         sel AS MATERIALIZED (
