@@ -28,14 +28,16 @@ from addons.breaker import Breaker, BreakerSettings, State
 from addons.context import FlowContext
 from addons.intercept import Interceptor
 from addons.providers.base import Api
-from addons.upstream import UPSTREAM_ERROR
+from addons.upstream import UPSTREAM_ERROR, client_left
 
 log = logging.getLogger("aigw.circuit")
 
 FAILURE_STATUSES = frozenset({429, 503, 504})
 ANTHROPIC_OVERLOADED = 529
-# FlowContext.extra key: (breaker, ticket) of a request the breaker let through.
-TICKET = "circuit_breaker_ticket"
+# Distinct models with their own breaker per (instance, endpoint); the model is what the client
+# asked for, so past this many the rest share one `other` breaker (bounded memory and label sets).
+MAX_MODELS = 100
+OTHER_MODEL = "other"
 
 type Key = tuple[str, str, str]  # instance, endpoint, model
 
@@ -53,12 +55,26 @@ class CircuitBreakers:
         self.interceptor = interceptor
         self.clock = clock
         self.breakers: dict[Key, Breaker] = {}
+        self.models: dict[tuple[str, str], int] = {}  # (instance, endpoint): distinct models with a breaker
+        # Requests let through, until their response or error hook reports the outcome.
+        self.tickets: dict[http.HTTPFlow, tuple[Breaker, int]] = {}
+        self._sweep_at = 64  # len(tickets) that triggers the next sweep of ended flows
+
+    def key(self, ctx: FlowContext) -> Key:
+        assert ctx.interception is not None
+        instance, endpoint = ctx.instance.name, ctx.route.name
+        model = ctx.interception.info.model or "unknown"
+        if (instance, endpoint, model) not in self.breakers:
+            if self.models.get((instance, endpoint), 0) >= MAX_MODELS:
+                return instance, endpoint, OTHER_MODEL
+            self.models[instance, endpoint] = self.models.get((instance, endpoint), 0) + 1
+        return instance, endpoint, model
 
     def breaker(self, key: Key) -> Breaker:
         found = self.breakers.get(key)
         if found is None:
             def changed(before: State, after: State, key: Key = key) -> None:
-                log.warning("circuit breaker %s for instance %r, %s, model %s (was %s)", after.name.lower(),
+                log.warning("circuit breaker %s for instance %r, %s, model %r (was %s)", after.name.lower(),
                             key[0], key[1], key[2], before.name.lower())
                 metrics.CIRCUIT_BREAKER_STATE.labels(*key).set(after.value)
                 if after is State.OPEN:
@@ -72,11 +88,16 @@ class CircuitBreakers:
         ctx = context.get(flow)
         if ctx is None or flow.response is not None or ctx.interception is None or ctx.interception.ended:
             return
-        key = (ctx.instance.name, ctx.route.name, ctx.interception.info.model or "unknown")
+        key = self.key(ctx)
         breaker = self.breaker(key)
         ticket = breaker.allow()
+        if ticket is None and self.release_ended():
+            ticket = breaker.allow()
         if ticket is not None:
-            ctx.extra[TICKET] = (breaker, ticket)
+            self.tickets[flow] = (breaker, ticket)
+            if len(self.tickets) >= self._sweep_at:
+                self.release_ended()
+                self._sweep_at = max(64, 2 * len(self.tickets))
             return
         metrics.CIRCUIT_BREAKER_REJECTS.labels(*key).inc()
         state = breaker.current()
@@ -85,15 +106,23 @@ class CircuitBreakers:
         why = ("is open after repeated upstream failures" if state is State.OPEN
                else "is half-open and already probing the upstream")
         self.interceptor.reject(
-            flow, ctx, 503, f"circuit breaker for instance {ctx.instance.name!r}, {key[1]}, model {key[2]} {why}; "
+            flow, ctx, 503, f"circuit breaker for instance {ctx.instance.name!r}, {key[1]}, model {key[2]!r} {why}; "
             f"retry in {retry_after}s", "overloaded_error", {"retry-after": str(retry_after)})
 
+    def release_ended(self) -> bool:
+        """Release the tickets of flows that ended without a response or error hook (as
+        `addons.timeouts` forgets their watches): a half-open breaker whose probe slots they
+        held would otherwise reject its model forever. True if any was released."""
+        ended = [flow for flow in self.tickets if not flow.live]
+        for flow in ended:
+            breaker, ticket = self.tickets.pop(flow)
+            breaker.release(ticket)
+        return bool(ended)
+
     def response(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
-        taken = ctx.extra.pop(TICKET, None) if ctx is not None else None
-        if ctx is None or taken is None:
+        if (taken := self._outcome(flow)) is None:
             return
-        breaker, ticket = taken  # type: ignore[misc]
+        ctx, breaker, ticket = taken
         status = flow.response.status_code if flow.response is not None else 0
         if UPSTREAM_ERROR in ctx.extra or is_failure(status, ctx):
             breaker.failure(ticket)
@@ -101,13 +130,18 @@ class CircuitBreakers:
             breaker.success(ticket)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
-        taken = ctx.extra.pop(TICKET, None) if ctx is not None else None
-        if ctx is None or taken is None:
+        if (taken := self._outcome(flow)) is None:
             return
-        breaker, ticket = taken  # type: ignore[misc]
-        message = flow.error.msg.lower() if flow.error else ""
-        if UPSTREAM_ERROR not in ctx.extra and "client disconnected" in message:
+        ctx, breaker, ticket = taken
+        if client_left(flow, ctx):
             breaker.release(ticket)  # no verdict on the upstream
         else:
             breaker.failure(ticket)  # refused, reset, TLS failure, timeout
+
+    def _outcome(self, flow: http.HTTPFlow) -> tuple[FlowContext, Breaker, int] | None:
+        """The flow's context and ticket, once: the flow's outcome is reported at most once."""
+        taken = self.tickets.pop(flow, None)
+        ctx = context.get(flow)
+        if taken is None or ctx is None:
+            return None
+        return ctx, *taken

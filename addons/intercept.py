@@ -38,7 +38,7 @@ from addons.records import (
     ToolUsageRecord,
 )
 from addons.routing import inject_credential, json_response
-from addons.upstream import UPSTREAM_ERROR, Refusal, Upstream
+from addons.upstream import UPSTREAM_ERROR, Refusal, Upstream, client_left
 from addons.wire import anthropic, chat, responses
 from addons.wire.model import RequestInfo, ResponseSummary
 from addons.wire.sse import SSEDecoder, SSEEvent, lone_block
@@ -328,8 +328,7 @@ class Interceptor:
         message = flow.error.msg if flow.error else "unknown error"
         if isinstance(upstream_error, str):
             message = upstream_error
-        cancelled = upstream_error is None and "client disconnected" in message.lower()
-        self.finish(flow, ctx, interception, "cancelled" if cancelled else "failed", message)
+        self.finish(flow, ctx, interception, "cancelled" if client_left(flow, ctx) else "failed", message)
 
     def summarise(self, flow: http.HTTPFlow, ctx: FlowContext,
                   interception: Interception) -> ResponseSummary | None:

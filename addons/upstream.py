@@ -34,6 +34,20 @@ if TYPE_CHECKING:
 UPSTREAM_ERROR = "upstream_error"
 
 
+def client_left(flow: http.HTTPFlow, ctx: FlowContext) -> bool:
+    """Whether a failed flow ended because the client went away, not the upstream: recorded as
+    cancelled, and no verdict on the upstream for the circuit breaker.
+
+    mitmproxy says "Client disconnected." for an HTTP/1 client and "stream reset by client (CANCEL)"
+    for an HTTP/2 stream the client cancelled. It words an upstream's HTTP/2 reset the same way, so
+    that reading is trusted only from a client that speaks HTTP/2."""
+    if UPSTREAM_ERROR in ctx.extra or flow.error is None:
+        return False
+    message = flow.error.msg.lower()
+    return "client disconnected" in message or (
+        message == "stream reset by client (cancel)" and flow.client_conn.alpn == b"h2")
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """The upstream cannot take this request; the client gets this error in its API's shape."""
