@@ -46,7 +46,7 @@ from addons.store import db, lake
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
 from addons.store.prices import Pricer
-from addons.timeouts import UpstreamTimeouts
+from addons.timeouts import CONNECT_TIMEOUT, UpstreamTimeouts
 
 log = logging.getLogger("aigw")
 
@@ -59,7 +59,9 @@ _PROTOCOL_ERROR_TYPES = {400: "invalid_request_error", 413: "request_too_large"}
 def json_error_response(status_code: int, message: str = "") -> bytes:
     """mitmproxy answers upstream failures (refused, TLS, timeouts) with an HTML page
     and no hook can replace it; give clients JSON that both SDK families parse instead."""
-    if status_code == 502:
+    if status_code == 502 and message.startswith(CONNECT_TIMEOUT):  # addons/timeouts.py ended the connect
+        status_code, body = 504, any_error(message, "timeout_error", "upstream_timeout")
+    elif status_code == 502:
         body = any_error(f"gateway could not reach the upstream: {message}", "api_error", "upstream_error")
     else:  # 400: unparseable request, 413: body over the limit (addons/guard.py)
         body = any_error(message, _PROTOCOL_ERROR_TYPES.get(status_code, "api_error"))
@@ -198,14 +200,15 @@ async def serve_worker(settings: Settings, sets: Sequence[str], worker: int, pat
 
 
 async def start_governance(settings: Settings, recorder: Recorder, interceptor: Interceptor,
-                           price: Callable[[TokenUsageRecord], float | None]) -> Governance:
+                           price: Callable[[TokenUsageRecord], float | None],
+                           priced: Callable[[str, str], bool]) -> Governance:
     """Limits and budgets, with the policy and this period's spend read from the database (off the loop)."""
     writer = recorder.writer
     assert writer is not None
     start, end = period_bounds(settings.governance.budget_period, datetime.now(UTC))
     policy = await asyncio.to_thread(writer.call, governance_store.load_policy)
     spend = await asyncio.to_thread(writer.call, lambda conn: governance_store.spend_by_user(conn, start, end))
-    return Governance(settings.governance, interceptor, policy, spend, price)
+    return Governance(settings.governance, interceptor, policy, spend, price, priced)
 
 
 def replica_addons(settings: Settings, recorder: Recorder, keys: KeyCache, governance: Governance) -> list[object]:
@@ -277,12 +280,14 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
     guard = Guard(settings, interceptor.fail)
     metrics_addons: list[object] = []
     # The governance, Prometheus and OTel sinks price token rows as the writer does (rates cached per model).
-    price = usage_price(Pricer(settings.prices_file))
+    pricer = Pricer(settings.prices_file)
+    price = usage_price(pricer)
+    priced = lambda provider, model: pricer.rates(provider, model) is not None  # noqa: E731
     if isinstance(recorder, Recorder):
-        governance = await start_governance(settings, recorder, interceptor, price)
+        governance = await start_governance(settings, recorder, interceptor, price, priced)
     else:  # a worker: the policy and the period's spend come from the primary, and follow its changes
         governance = Governance(settings.governance, interceptor, recorder.state["policy"],
-                                dict(recorder.state["spend"]), price)
+                                dict(recorder.state["spend"]), price, priced)
     recorder.sinks.append(governance)
     if settings.prometheus_enable:
         writer = recorder.writer

@@ -5,7 +5,8 @@ does, and a silent upstream holds the client until `tcp_timeout` (600 s).
 
 - **Connect** (TCP + TLS): `server_connect` runs inside the task that opens
   the connection, so that task is noted and cancelled at the deadline;
-  mitmproxy then fails the flow as for a refused connection (502).
+  mitmproxy then fails the flow as for a refused connection, answered with a
+  504 naming the timeout and the instance (`gateway.json_error_response`).
 - **Idle**: the longest the upstream may stay silent, before the response
   headers or between two body chunks. One watchdog task checks all in-flight
   flows a few times per timeout; the hot path only stamps `time.monotonic()`
@@ -57,6 +58,8 @@ from addons.upstream import UPSTREAM_ERROR
 
 log = logging.getLogger("aigw.timeouts")
 
+# How the connect timeout's error starts (the interception's error, the client's 504 message).
+CONNECT_TIMEOUT = "upstream connect timeout"
 # How late a timeout may fire, as a share of the timeout (the watchdog's period), capped.
 _CHECKS_PER_TIMEOUT = 4
 _MAX_PERIOD = 1.0
@@ -273,15 +276,23 @@ class UpstreamTimeouts:
 
     def _connect_timeout(self, server: connection.Server, client: connection.Client, task: asyncio.Task[Any]) -> None:
         assert self.connect is not None
-        error = f"upstream connect timeout after {seconds_text(self.connect)}"
+        error = f"{CONNECT_TIMEOUT} after {seconds_text(self.connect)}"
+        instances: list[str] = []
         for watch in self.watches.values():
-            if watch.flow.client_conn is client and watch.phase is Phase.CONNECTING:
+            request = watch.flow.request
+            # An HTTP/2 client's streams to other upstreams wait on connections of their own.
+            if (watch.flow.client_conn is client and watch.phase is Phase.CONNECTING
+                    and (request.host, request.port) == server.address):
                 watch.ctx.extra[UPSTREAM_ERROR] = error
                 watch.fired = True
+                if watch.ctx.instance.name not in instances:
+                    instances.append(watch.ctx.instance.name)
         address = f"{server.address[0]}:{server.address[1]}" if server.address else "the upstream"
-        log.warning("%s connecting to %s", error, address)
-        # mitmproxy reports the cancellation's message as the connection error (the client's 502).
-        task.cancel(f"{error} connecting to {address}")
+        where = f"instance {', '.join(map(repr, instances))} at {address}" if instances else address
+        log.warning("%s connecting to %s", error, where)
+        # mitmproxy reports the cancellation's message as the connection error; the client's answer
+        # (`gateway.json_error_response`) is a 504 for messages that start with CONNECT_TIMEOUT.
+        task.cancel(f"{error}: {where} did not accept the connection")
 
     async def _idle_timeout(self, watch: _Watch) -> None:
         assert self.idle is not None

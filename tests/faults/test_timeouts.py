@@ -217,8 +217,8 @@ def test_connect_timeout(gw: Gateway, blackhole: Blackhole) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:
         anthropic_client(gw, "blackhole").messages.create(**PROMPT)
     assert time.monotonic() - started >= LIMIT
-    assert caught.value.status_code == 502
-    assert "upstream connect timeout after 1s" in str(caught.value)
+    assert caught.value.status_code == 504
+    assert "upstream connect timeout after 1s: instance 'blackhole'" in str(caught.value)
     row = recorded(gw, before)
     assert (row["status"], row["metadata"]["error"]) == ("failed", "upstream connect timeout after 1s")
 
