@@ -19,8 +19,8 @@ caller's cursor:
 
 Results are identical to aggregating the base tables directly
 (tests/unit/test_analyst_fastpaths.py): costs keep the per-interception rule
-(NULL unless every response is priced) because facts are summed per interception
-before they are rolled up.
+(an interception's cost is NULL unless every response is priced), as the
+interceptions with an unpriced response are left out of the cost sums.
 """
 
 from __future__ import annotations
@@ -39,70 +39,74 @@ log = logging.getLogger("aigw.store")
 
 ROLLUP_TABLES = ("aigw_rollup_usage", "aigw_rollup_sessions", "aigw_rollup_tools", "aigw_rollup_days")
 
-# Per interception: the lean facts (no prompts, thoughts or JSON metadata).
-_FACTS = f"""
-    sel AS MATERIALIZED (
-        SELECT id, initiator_id, provider, provider_name, model, client, status,
-               {SESSION_ID} AS session_id, {utc_day('started_at')} AS day
-        FROM aibridge_interceptions WHERE {{where}}
-    ),
-    tok AS (
-        SELECT interception_id,
-               sum(input_tokens)::BIGINT AS input_tokens,
-               sum(output_tokens)::BIGINT AS output_tokens,
-               sum(cache_read_input_tokens)::BIGINT AS cache_read_tokens,
-               sum(cache_write_input_tokens)::BIGINT AS cache_write_tokens,
-               CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS cost_usd,
-               count(*) - count(cost_usd) AS unpriced_responses
-        FROM aibridge_token_usages WHERE interception_id IN (SELECT id FROM sel)
-        GROUP BY interception_id
-    ),
-    tu AS (
-        SELECT interception_id, count(*) AS tool_calls, count(invocation_error) AS tool_errors
-        FROM aibridge_tool_usages WHERE interception_id IN (SELECT id FROM sel)
-        GROUP BY interception_id
-    ),
-    facts AS (
-        SELECT s.*,
-               COALESCE(t.input_tokens, 0) AS input_tokens,
-               COALESCE(t.output_tokens, 0) AS output_tokens,
-               COALESCE(t.cache_read_tokens, 0) AS cache_read_tokens,
-               COALESCE(t.cache_write_tokens, 0) AS cache_write_tokens,
-               COALESCE(t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_write_tokens, 0)
-                   AS total_tokens,
-               t.cost_usd,
-               COALESCE(t.unpriced_responses, 0) AS unpriced_responses,
-               COALESCE(tu.tool_calls, 0) AS tool_calls,
-               COALESCE(tu.tool_errors, 0) AS tool_errors
-        FROM sel s
-        LEFT JOIN tok t ON t.interception_id = s.id
-        LEFT JOIN tu ON tu.interception_id = s.id
-    )"""
+# Requests per group from the interceptions alone; token and tool sums per group by joining their
+# rows to the window's interceptions (no per-interception aggregate of millions of ids). The cost
+# rule is per interception, so interceptions with an unpriced response (`bad`, usually few) are
+# found first and their priced rows left out of `cost_usd`.
+_DIMS = "day, initiator_id, provider, provider_name, model, client"
+_SAME_GROUP = " AND ".join(
+    f"{{x}}.{c} IS NOT DISTINCT FROM r.{c}" if c == "model" else f"{{x}}.{c} = r.{c}" for c in _DIMS.split(", ")
+)
 
 _USAGE_COLS = (
-    "day, initiator_id, provider, provider_name, model, client, requests, failed, cancelled, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, total_tokens, cost_usd, unpriced_responses, "
-    "unpriced_requests, unpriced_tokens, tool_calls, tool_errors"
+    f"{_DIMS}, requests, failed, cancelled, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+    "total_tokens, cost_usd, unpriced_responses, unpriced_requests, unpriced_tokens, tool_calls, tool_errors"
 )
 
 _USAGE = f"""
-    WITH {_FACTS}
-    SELECT day, initiator_id, provider, provider_name, model, client,
-           count(*) AS requests,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-           sum(input_tokens)::BIGINT AS input_tokens,
-           sum(output_tokens)::BIGINT AS output_tokens,
-           sum(cache_read_tokens)::BIGINT AS cache_read_tokens,
-           sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
-           sum(total_tokens)::BIGINT AS total_tokens,
-           sum(cost_usd) AS cost_usd,
-           sum(unpriced_responses)::BIGINT AS unpriced_responses,
-           count(*) FILTER (WHERE unpriced_responses > 0) AS unpriced_requests,
-           COALESCE(sum(total_tokens) FILTER (WHERE unpriced_responses > 0), 0)::BIGINT AS unpriced_tokens,
-           sum(tool_calls)::BIGINT AS tool_calls,
-           sum(tool_errors)::BIGINT AS tool_errors
-    FROM facts GROUP BY ALL"""
+    WITH sel AS MATERIALIZED (
+        SELECT id, initiator_id, provider, provider_name, model, client, status, {utc_day('started_at')} AS day
+        FROM aibridge_interceptions WHERE {{where}}
+    ),
+    bad AS (
+        SELECT DISTINCT interception_id AS id FROM aibridge_token_usages
+        WHERE cost_usd IS NULL AND interception_id IN (SELECT id FROM sel)
+    ),
+    req AS (
+        SELECT {_DIMS},
+               count(*) AS requests,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+               count(*) FILTER (WHERE id IN (SELECT id FROM bad)) AS unpriced_requests
+        FROM sel GROUP BY ALL
+    ),
+    tok AS (
+        SELECT s.day, s.initiator_id, s.provider, s.provider_name, s.model, s.client,
+               sum(t.input_tokens)::BIGINT AS input_tokens,
+               sum(t.output_tokens)::BIGINT AS output_tokens,
+               sum(t.cache_read_input_tokens)::BIGINT AS cache_read_tokens,
+               sum(t.cache_write_input_tokens)::BIGINT AS cache_write_tokens,
+               sum(t.cost_usd) FILTER (WHERE b.id IS NULL) AS cost_usd,
+               count(*) - count(t.cost_usd) AS unpriced_responses,
+               sum(t.input_tokens + t.output_tokens + t.cache_read_input_tokens + t.cache_write_input_tokens)
+                   FILTER (WHERE b.id IS NOT NULL) AS unpriced_tokens
+        FROM aibridge_token_usages t JOIN sel s ON s.id = t.interception_id
+        LEFT JOIN bad b ON b.id = t.interception_id
+        GROUP BY ALL
+    ),
+    tu AS (
+        SELECT s.day, s.initiator_id, s.provider, s.provider_name, s.model, s.client,
+               count(*) AS tool_calls, count(u.invocation_error) AS tool_errors
+        FROM aibridge_tool_usages u JOIN sel s ON s.id = u.interception_id
+        GROUP BY ALL
+    )
+    SELECT r.day, r.initiator_id, r.provider, r.provider_name, r.model, r.client,
+           r.requests, r.failed, r.cancelled,
+           COALESCE(t.input_tokens, 0) AS input_tokens,
+           COALESCE(t.output_tokens, 0) AS output_tokens,
+           COALESCE(t.cache_read_tokens, 0) AS cache_read_tokens,
+           COALESCE(t.cache_write_tokens, 0) AS cache_write_tokens,
+           COALESCE(t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_write_tokens, 0)::BIGINT
+               AS total_tokens,
+           t.cost_usd,
+           COALESCE(t.unpriced_responses, 0) AS unpriced_responses,
+           r.unpriced_requests,
+           COALESCE(t.unpriced_tokens, 0)::BIGINT AS unpriced_tokens,
+           COALESCE(u.tool_calls, 0) AS tool_calls,
+           COALESCE(u.tool_errors, 0) AS tool_errors
+    FROM req r
+    LEFT JOIN tok t ON {_SAME_GROUP.format(x="t")}
+    LEFT JOIN tu u ON {_SAME_GROUP.format(x="u")}"""
 
 _SESSIONS = f"""
     SELECT DISTINCT {utc_day('started_at')} AS day, initiator_id, {SESSION_ID} AS session_id
