@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_create)
     p = keys.add_parser("set", help="change a key's limits and allowed models")
     config.add_arguments(p)
+    p.add_argument("--json", action="store_true")
     p.add_argument("key", metavar="ID_OR_KEY", help="the key's id (aigw_…) or the whole key")
     cli_governance.add_limit_arguments(p)
     p.set_defaults(func=cmd_keys_set)
@@ -340,8 +341,8 @@ def cmd_keys_set(args: argparse.Namespace, settings: Settings) -> int:
         fail("nothing to set: name at least one of --rpm, --tpm, --max-streams, --models")
     cli_governance.change(settings, "PATCH", f"/api/v2/aibridge/keys/{key_id}", changes,
                           lambda conn: governance_store.set_key(conn, key_id, changes), admin_prefix=False)
-    print(f"key {key_id}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
-    return 0
+    text = f"key {key_id}: " + cli_governance.settings_text(changes)
+    return cli_governance.done(args, {"id": key_id, **changes}, text)
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -696,7 +697,12 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
     home = settings.home
     print(f"home: {home.path} ({home.reason})")
     where = f"set by {settings.db_origin}" if settings.db_origin else "in the home"
-    print(f"database: {settings.db} ({where}; {'exists' if settings.db.exists() else 'aigw serve creates it'})")
+    if settings.lake is not None:
+        from addons.store.lake import describe
+
+        print(f"database: DuckLake {describe(settings.lake)}; this replica's spool and state in {settings.db.parent}")
+    else:
+        print(f"database: {settings.db} ({where}; {'exists' if settings.db.exists() else 'aigw serve creates it'})")
     cert = home.certs_dir / ca.CERT_FILE
     print(f"CA: {cert} ({'exists' if cert.exists() else 'aigw serve creates it'})")
     print(f"prices: {settings.prices_file}")

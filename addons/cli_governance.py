@@ -29,6 +29,10 @@ def add_limit_arguments(p: argparse.ArgumentParser, budget: bool = False, limits
     p.add_argument("--models", metavar="GLOBS", help="allowed models, e.g. 'claude-sonnet-*,gpt-5*' (none: clear)")
 
 
+def settings_text(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items())
+
+
 def limit_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The settings named on the command line, validated (a bad value is a one-line error)."""
     names = {"rpm": "rpm", "tpm": "tpm", "max_streams": "max_streams", "budget": "budget_usd", "models": "models"}
@@ -45,12 +49,12 @@ def register(sub: Any, config_arguments: Any) -> None:
     def action(group: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:
         p = group.add_parser(name, help=help, description=help)
         config_arguments(p)
+        p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
         return p
 
     users = sub.add_parser("users", help="users: limits, budgets, groups").add_subparsers(metavar="ACTION")
-    p = action(users, "list", cmd_users_list, "users with their own limits, budget and groups")
-    p.add_argument("--json", action="store_true")
+    action(users, "list", cmd_users_list, "users with their own limits, budget and groups")
     p = action(users, "set", cmd_users_set, "set a user's own limits, budget override and allowed models")
     p.add_argument("user")
     add_limit_arguments(p, budget=True)
@@ -62,8 +66,7 @@ def register(sub: Any, config_arguments: Any) -> None:
     p.add_argument("--group", required=True)
 
     groups = sub.add_parser("groups", help="groups with a budget per member").add_subparsers(metavar="ACTION")
-    p = action(groups, "list", cmd_groups_list, "groups with their budget, allowed models and members")
-    p.add_argument("--json", action="store_true")
+    action(groups, "list", cmd_groups_list, "groups with their budget, allowed models and members")
     for name, func, help in (("create", cmd_groups_create, "create a group"),
                              ("set", cmd_groups_set, "change a group's budget or allowed models")):
         p = action(groups, name, func, help)
@@ -73,8 +76,13 @@ def register(sub: Any, config_arguments: Any) -> None:
     p.add_argument("name")
 
     budgets = sub.add_parser("budgets", help="spend against budgets").add_subparsers(metavar="ACTION")
-    p = action(budgets, "list", cmd_budgets_list, "spend vs budget per user this period, with the reset time")
-    p.add_argument("--json", action="store_true")
+    action(budgets, "list", cmd_budgets_list, "spend vs budget per user this period, with the reset time")
+
+
+def done(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
+    """What a change did: one line, or with --json the object."""
+    print(dump_json(result) if getattr(args, "json", False) else text)
+    return 0
 
 
 def change(settings: Settings, method: str, path: str, body: dict[str, Any], local: Any,
@@ -105,22 +113,20 @@ def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
         fail("nothing to set: name at least one of --rpm, --tpm, --max-streams, --budget, --models")
     change(settings, "PUT", f"/users/{quote(args.user, safe='')}", changes,
            lambda conn: g.set_user(conn, args.user, changes, create=True))
-    print(f"user {args.user}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
-    return 0
+    return done(args, {"user": args.user, **changes}, f"user {args.user}: " + settings_text(changes))
 
 
 def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
     change(settings, "POST", f"/users/{quote(args.user, safe='')}/groups", {"group": args.group},
            lambda conn: g.add_member(conn, args.user, args.group))
-    print(f"user {args.user} is in group {args.group}")
-    return 0
+    return done(args, {"user": args.user, "group": args.group}, f"user {args.user} is in group {args.group}")
 
 
 def cmd_users_remove(args: argparse.Namespace, settings: Settings) -> int:
     change(settings, "DELETE", f"/users/{quote(args.user, safe='')}/groups/{quote(args.group, safe='')}", {},
            lambda conn: g.remove_member(conn, args.user, args.group))
-    print(f"user {args.user} left group {args.group}")
-    return 0
+    return done(args, {"user": args.user, "group": args.group, "removed": True},
+                f"user {args.user} left group {args.group}")
 
 
 def cmd_groups_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -137,8 +143,8 @@ def cmd_groups_create(args: argparse.Namespace, settings: Settings) -> int:
     changes = limit_changes(args)
     change(settings, "POST", "/groups", {"name": args.name, **changes},
            lambda conn: g.create_group(conn, args.name, changes))
-    print(f"group {args.name} created" + "".join(f", {k}={v}" for k, v in changes.items()))
-    return 0
+    return done(args, {"group": args.name, **changes},
+                f"group {args.name} created" + (f": {settings_text(changes)}" if changes else ""))
 
 
 def cmd_groups_set(args: argparse.Namespace, settings: Settings) -> int:
@@ -147,15 +153,13 @@ def cmd_groups_set(args: argparse.Namespace, settings: Settings) -> int:
         fail("nothing to set: name --budget or --models")
     change(settings, "PUT", f"/groups/{quote(args.name, safe='')}", changes,
            lambda conn: g.set_group(conn, args.name, changes))
-    print(f"group {args.name}: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
-    return 0
+    return done(args, {"group": args.name, **changes}, f"group {args.name}: " + settings_text(changes))
 
 
 def cmd_groups_delete(args: argparse.Namespace, settings: Settings) -> int:
     change(settings, "DELETE", f"/groups/{quote(args.name, safe='')}", {},
            lambda conn: g.delete_group(conn, args.name))
-    print(f"group {args.name} deleted")
-    return 0
+    return done(args, {"group": args.name, "deleted": True}, f"group {args.name} deleted")
 
 
 def cmd_budgets_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -100,6 +100,8 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
     except LogSetupError as e:
         print(f"aigw: {e}", file=sys.stderr)
         return 1
+    if settings.workers > 1:
+        workers.tag_logs(log_output.handler, 0)
     for warning in settings.unknown_variables:
         log.warning(warning)
     if (busy := listen_error(settings.listen_host, settings.listen_port)) is not None:
@@ -165,6 +167,7 @@ def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, 
     except LogSetupError as e:
         print(f"aigw: {e}", file=sys.stderr)
         return 1
+    workers.tag_logs(log_output.handler, worker)
     otel_pipeline = None
     try:
         if settings.otel:

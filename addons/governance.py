@@ -31,6 +31,7 @@ from addons import context, metrics
 from addons.context import FlowContext
 from addons.intercept import Interception, Interceptor
 from addons.limits import (
+    WINDOW,
     GovernanceSettings,
     Limits,
     SlidingWindow,
@@ -57,9 +58,9 @@ class Usage:
     tokens: SlidingWindow = field(default_factory=SlidingWindow)
     live: dict[str, Interception] = field(default_factory=dict)  # admitted and not yet finished, by id
 
-    def tokens_now(self, now: float) -> int:
-        """Tokens in the window, plus what the streams in flight have reported so far."""
-        total = self.tokens.used(now)
+    def live_tokens(self) -> int:
+        """What the streams in flight have reported so far (counted in the window once they end)."""
+        total = 0
         for interception in self.live.values():
             if interception.parser is not None:
                 usage = interception.parser.summary().usage
@@ -70,8 +71,10 @@ class Usage:
 
 @dataclass(slots=True)
 class Admitted:
+    flow: http.HTTPFlow
     interception: Interception
     subjects: tuple[tuple[Subject, Limits], ...]
+    at: float  # when it was counted in the request windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +89,13 @@ class Refusal:
 class Governance:
     def __init__(self, settings: GovernanceSettings, interceptor: Interceptor, policy: Policy,
                  spend: dict[str, float], price: Callable[[TokenUsageRecord], float | None],
-                 clock: Callable[[], float] = time.monotonic,
+                 priced: Callable[[str, str], bool], clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.settings = settings
         self.interceptor = interceptor
         self.policy = policy
-        self.price = price
+        self.price = price  # USD of a token row, None when its model has no price
+        self.priced = priced  # (provider type, model) -> whether a price is known
         self.clock = clock
         self.wall = wall
         self.period_start, self.period_end = period_bounds(settings.budget_period, wall())
@@ -99,7 +103,7 @@ class Governance:
         self.usage: dict[Subject, Usage] = {}
         self.buckets: dict[str, TokenBucket] = {}
         self.admitted: dict[str, Admitted] = {}  # by interception id
-        self.owners: dict[str, str] = {}  # interception id -> user id, for token records
+        self.owners: dict[str, tuple[str, bool]] = {}  # interception id -> (user id, budgeted), for token rows
         self.warned: set[str] = set()  # users told about their budget this period
 
     def replace_policy(self, policy: Policy) -> None:
@@ -116,6 +120,7 @@ class Governance:
             return
         metrics.LIMIT_REJECTIONS.labels(refusal.reason).inc()
         ctx.interception.metadata["limit"] = refusal.reason
+        self.budget_headers(refusal.headers, ctx)
         # Not the provider's 429: the key failover must not cool the key it picked for this request.
         ctx.extra.pop("provider_key", None)
         self.interceptor.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type, refusal.headers)
@@ -123,6 +128,8 @@ class Governance:
     def check(self, flow: http.HTTPFlow, ctx: FlowContext, interception: Interception) -> Refusal | None:
         now = self.clock()
         s = self.settings
+        if s.max_concurrency and len(self.admitted) >= s.max_concurrency:
+            self.sweep()
         if s.max_concurrency and len(self.admitted) >= s.max_concurrency:
             return Refusal(503, "concurrency", f"the gateway is at its limit of {s.max_concurrency} requests in "
                            "flight; retry shortly", "overloaded_error", {"retry-after": "1"})
@@ -145,22 +152,34 @@ class Governance:
         if (refusal := self.check_budget(ctx, model)) is not None:
             return refusal
         subjects = self.subjects(ctx)
+        api = ctx.route.api
         for subject, limits in subjects:
             usage = self.usage.get(subject)
             if usage is None:
                 continue
             who = "your key" if subject[0] == "key" else "you"
             if limits.rpm is not None and usage.requests.used(now) >= limits.rpm:
+                wait = usage.requests.retry_after(now, limits.rpm)
                 return Refusal(429, "rpm", f"{who} reached the limit of {limits.rpm} requests per minute",
-                               "rate_limit_error", self._retry(usage.requests.retry_after(now, limits.rpm)))
-            if limits.tpm is not None and usage.tokens_now(now) >= limits.tpm:
+                               "rate_limit_error", self._retry(wait, api, "requests", limits.rpm))
+            if limits.tpm is not None and (live := usage.live_tokens()) + usage.tokens.used(now) >= limits.tpm:
+                # When the streams in flight alone use the limit up, their tokens count for a minute
+                # once they end: the honest wait is a whole window.
+                wait = usage.tokens.retry_after(now, limits.tpm - live) if live < limits.tpm else WINDOW
                 return Refusal(429, "tpm", f"{who} reached the limit of {limits.tpm} tokens per minute",
-                               "rate_limit_error", self._retry(max(1.0, usage.tokens.reset_in(now))))
+                               "rate_limit_error", self._retry(wait, api, "tokens", limits.tpm))
+            if limits.max_streams is not None and len(usage.live) >= limits.max_streams:
+                self.sweep()
             if limits.max_streams is not None and len(usage.live) >= limits.max_streams:
                 return Refusal(429, "streams", f"{who} already have {len(usage.live)} requests in flight "
                                f"(limit {limits.max_streams})", "rate_limit_error", self._retry(1.0))
-        self.admit(interception, subjects, now)
+        self.admit(flow, interception, subjects, now)
         return None
+
+    def sweep(self) -> None:
+        """Release admitted flows that ended without a response or error hook (so a slot is never lost)."""
+        for admitted in [a for a in self.admitted.values() if not a.flow.live]:
+            self.release_admitted(admitted)
 
     def check_budget(self, ctx: FlowContext, model: str) -> Refusal | None:
         budget, _source = self.policy.budget(ctx.identity.user_id, self.settings.budget_policy)
@@ -172,14 +191,10 @@ class Governance:
         if spent >= budget:
             return Refusal(403, "budget", f"budget exhausted: spent {spent:.2f} of {budget:.2f} USD this "
                            f"{self.settings.budget_period}; resets at {reset}", "permission_error", {})
-        if self.settings.budget_unpriced == "deny" and not self.priced(ctx.instance.type, model):
+        if self.settings.budget_unpriced == "deny" and not (model and self.priced(ctx.instance.type, model)):
             return Refusal(403, "budget", f"model {model!r} has no known price and this gateway refuses unpriced "
                            "models to users with a budget (see `aigw prices missing`)", "permission_error", {})
         return None
-
-    def priced(self, provider: str, model: str) -> bool:
-        probe = TokenUsageRecord("", None, 1_000_000, 0, 0, 0, {}, self.wall(), provider, model)
-        return bool(model) and self.price(probe) is not None
 
     def subjects(self, ctx: FlowContext) -> tuple[tuple[Subject, Limits], ...]:
         """The user's and the key's effective limits (their own settings over the defaults)."""
@@ -189,18 +204,24 @@ class Governance:
             return (user,)
         return (user, (("key", ctx.identity.key_id), self.policy.key(ctx.identity.key_id).limits.over(defaults)))
 
-    def admit(self, interception: Interception, subjects: tuple[tuple[Subject, Limits], ...], now: float) -> None:
+    def admit(self, flow: http.HTTPFlow, interception: Interception, subjects: tuple[tuple[Subject, Limits], ...],
+              now: float) -> None:
         for subject, _ in subjects:
             usage = self.usage.get(subject)
             if usage is None:
                 usage = self.usage[subject] = Usage()
             usage.requests.add(now)
             usage.live[interception.id] = interception
-        self.admitted[interception.id] = Admitted(interception, subjects)
+        self.admitted[interception.id] = Admitted(flow, interception, subjects, now)
         metrics.INFLIGHT_REQUESTS.set(len(self.admitted))
 
-    def _retry(self, seconds: float) -> dict[str, str]:
-        return {"retry-after": retry_after_header(seconds), "retry-after-ms": str(max(1, int(seconds * 1000)))}
+    def _retry(self, seconds: float, api: Api | None = None, kind: str | None = None,
+               limit: int | None = None) -> dict[str, str]:
+        """Retry-After (and -ms), and for a per-minute limit the provider's headers saying none is left."""
+        headers = http.Headers(retry_after=retry_after_header(seconds), retry_after_ms=str(max(1, int(seconds * 1000))))
+        if kind is not None and limit is not None:
+            set_rate_limit_headers(headers, api, kind, 0, limit, seconds, self.wall())
+        return dict(headers.items())
 
     def _prune_buckets(self, now: float) -> None:
         if len(self.buckets) >= MAX_BUCKETS:
@@ -238,14 +259,14 @@ class Governance:
                 if limit is None or usage is None:
                     continue
                 window = usage.requests if kind == "requests" else usage.tokens
-                used = window.used(now) if kind == "requests" else usage.tokens_now(now)
+                used = window.used(now) + (usage.live_tokens() if kind == "tokens" else 0)
                 candidate = (max(0, limit - used), limit, window.reset_in(now))
                 if tightest is None or candidate[0] < tightest[0]:
                     tightest = candidate
             if tightest is not None:
                 set_rate_limit_headers(headers, api, kind, *tightest, self.wall())
 
-    def budget_headers(self, headers: http.Headers, ctx: FlowContext) -> None:
+    def budget_headers(self, headers: http.Headers | dict[str, str], ctx: FlowContext) -> None:
         budget, source = self.policy.budget(ctx.identity.user_id, self.settings.budget_policy)
         if budget is None or ctx.byok:
             return
@@ -272,13 +293,20 @@ class Governance:
 
     def release(self, flow: http.HTTPFlow) -> None:
         interception_id = flow.metadata.get("aigw_interception_id")
-        admitted = self.admitted.pop(interception_id, None) if interception_id else None
-        if admitted is None:
-            return
+        admitted = self.admitted.get(interception_id) if interception_id else None
+        if admitted is not None:
+            self.release_admitted(admitted)
+
+    def release_admitted(self, admitted: Admitted) -> None:
+        del self.admitted[admitted.interception.id]
+        # The circuit breaker (after this addon) refused it without asking the upstream: not a request made.
+        refunded = "circuit_breaker" in admitted.interception.metadata
         for subject, _ in admitted.subjects:
             usage = self.usage.get(subject)
             if usage is not None:
                 usage.live.pop(admitted.interception.id, None)
+                if refunded:
+                    usage.requests.discard(admitted.at)
         metrics.INFLIGHT_REQUESTS.set(len(self.admitted))
         if len(self.usage) > MAX_BUCKETS:
             now = self.clock()
@@ -291,16 +319,18 @@ class Governance:
     def __call__(self, record: Record) -> None:
         match record:
             case InterceptionStart():
-                self.owners[record.id] = record.initiator_id
+                # A user's own provider key (BYOK) is not the organisation's spend.
+                self.owners[record.id] = (record.initiator_id, record.credential_kind != "byok")
             case TokenUsageRecord():
                 self.on_tokens(record)
             case InterceptionEnd():
                 self.owners.pop(record.id, None)
 
     def on_tokens(self, record: TokenUsageRecord) -> None:
-        user_id = self.owners.get(record.interception_id)
-        if user_id is None:
+        owner = self.owners.get(record.interception_id)
+        if owner is None:
             return
+        user_id, budgeted = owner
         now = self.clock()
         tokens = record.input_tokens + record.output_tokens
         admitted = self.admitted.get(record.interception_id)
@@ -310,10 +340,11 @@ class Governance:
             if usage is None:
                 usage = self.usage[subject] = Usage()
             usage.tokens.add(now, tokens)
-        cost = self.price(record)
-        if cost and record.created_at >= self.period_start:
+        cost = self.price(record) if budgeted else None
+        if cost:
             self._roll_period()
-            self.spend[user_id] = self.spend.get(user_id, 0.0) + cost
+            if record.created_at >= self.period_start:  # a row of the last period, arriving late, is not ours
+                self.spend[user_id] = self.spend.get(user_id, 0.0) + cost
 
 
 def set_rate_limit_headers(headers: http.Headers, api: Api | None, kind: str, remaining: int, limit: int,

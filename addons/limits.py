@@ -79,6 +79,14 @@ class SlidingWindow:
             self.entries.append((now, amount))
             self.total += amount
 
+    def discard(self, at: float, amount: int = 1) -> None:
+        """Take back an addition made at `at` (a request that turned out not to count)."""
+        for i in range(len(self.entries) - 1, -1, -1):
+            if self.entries[i] == (at, amount):
+                del self.entries[i]
+                self.total -= amount
+                return
+
     def retry_after(self, now: float, limit: int, need: int = 1) -> float:
         """Seconds until `need` more fits under `limit` (0 if it fits now)."""
         self._expire(now)

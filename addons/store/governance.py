@@ -8,6 +8,7 @@ immutable snapshot the running gateway enforces (addons/governance.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from addons.limits import (
     period_bounds,
 )
 from addons.store.keys import ensure_user, validate_user_name
+from addons.store.lake import retry_conflicts
 
 EVERYONE = "everyone"  # the group every user is in: its budget applies to users in no budgeted group
 _GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -174,11 +176,12 @@ def load_policy(conn: duckdb.DuckDBPyConnection) -> Policy:
 
 
 def spend_by_user(conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> dict[str, float]:
-    """Recorded cost per user of the token rows created in [start, end)."""
+    """Recorded cost per user of the token rows created in [start, end) on the organisation's keys."""
     rows = conn.execute(
         "SELECT i.initiator_id::VARCHAR, sum(t.cost_usd) FROM aibridge_token_usages t "
         "JOIN aibridge_interceptions i ON i.id = t.interception_id "
         "WHERE t.created_at >= ?::TIMESTAMPTZ AND t.created_at < ?::TIMESTAMPTZ AND t.cost_usd IS NOT NULL "
+        "AND i.credential_kind = 'centralized' "  # a user's own key (BYOK) is not the organisation's spend
         "GROUP BY 1", [start.isoformat(), end.isoformat()]).fetchall()
     return {user_id: float(total) for user_id, total in rows}
 
@@ -251,12 +254,26 @@ def _upsert(conn: duckdb.DuckDBPyConnection, table: str, key_col: str, key: str,
         return
     # Update, else insert: no ON CONFLICT, which needs a PRIMARY KEY that a DuckLake cannot have.
     updates = ", ".join(f"{c} = ?" for c in values)
-    row = conn.execute(f"UPDATE {table} SET {updates} WHERE {key_col} = ?{cast}", [*values.values(), key]).fetchone()
-    if row and row[0]:
-        return
     cols = ", ".join(values)
     marks = ", ".join("?" for _ in values)
-    conn.execute(f"INSERT INTO {table} ({key_col}, {cols}) VALUES (?{cast}, {marks})", [key, *values.values()])
+
+    def write(cur: duckdb.DuckDBPyConnection) -> None:
+        row = cur.execute(f"UPDATE {table} SET {updates} WHERE {key_col} = ?{cast}", [*values.values(), key]).fetchone()
+        if not (row and row[0]):
+            cur.execute(f"INSERT INTO {table} ({key_col}, {cols}) VALUES (?{cast}, {marks})", [key, *values.values()])
+
+    _serialised(conn, write)
+
+
+def _serialised(conn: duckdb.DuckDBPyConnection, write: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+    """Run a check-then-write in a transaction that first updates the schema row. On a DuckLake (no unique
+    constraints; replicas and the CLI write at once) the second of two such commits is refused as a
+    conflict and runs again, now seeing the first one's row; on a DuckDB file it costs one tiny update."""
+    def run(cur: duckdb.DuckDBPyConnection) -> None:
+        cur.execute("UPDATE aigw_schema SET version = version")
+        write(cur)
+
+    retry_conflicts(conn, run, attempts=20)
 
 
 def set_user(conn: duckdb.DuckDBPyConnection, user: str, changes: dict[str, Any], create: bool = False) -> None:
@@ -297,9 +314,13 @@ def add_member(conn: duckdb.DuckDBPyConnection, user: str, group: str) -> None:
     if conn.execute("SELECT 1 FROM aigw_groups WHERE name = ?", [group]).fetchone() is None:
         raise LookupError(f"no group {group!r} (create it with `aigw groups create {group}`)")
     user_id = ensure_user(conn, user)
-    conn.execute("INSERT INTO aigw_group_members (group_name, user_id, added_at) SELECT ?, ?::UUID, ? "
-                 "WHERE NOT EXISTS (SELECT 1 FROM aigw_group_members WHERE group_name = ? AND user_id = ?::UUID)",
-                 [group, user_id, datetime.now(UTC), group, user_id])
+
+    def write(cur: duckdb.DuckDBPyConnection) -> None:
+        cur.execute("INSERT INTO aigw_group_members (group_name, user_id, added_at) SELECT ?, ?::UUID, ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM aigw_group_members WHERE group_name = ? AND user_id = ?::UUID)",
+                    [group, user_id, datetime.now(UTC), group, user_id])
+
+    _serialised(conn, write)
 
 
 def remove_member(conn: duckdb.DuckDBPyConnection, user: str, group: str) -> None:

@@ -105,14 +105,14 @@ def test_the_stricter_of_key_and_user_applies_and_openai_gets_its_own_headers(
 
 def test_sdk_retries_honour_retry_after_until_the_window_frees(tmp_path: Path, upstream: FakeUpstream) -> None:
     """The SDK's own retry (max_retries) waits Retry-After; with per-second rate limits it gets through."""
-    gw = start(tmp_path, upstream, "--aibridge-rate-limit", "1")
+    gw = start(tmp_path, upstream, "--aibridge-rate-limit", "0.2")  # one every 5 s: the second is refused
     key = gw.create_key("dave")
     gw.start()
     try:
         client = claude(gw, key, retries=3)
         ask(client)
         before = len(upstream.requests)
-        ask(client)  # refused once (429, Retry-After: 1), then retried by the SDK and served
+        ask(client)  # refused (429, Retry-After: 5), then retried by the SDK after the wait and served
         assert len(upstream.requests) == before + 1
         assert len(refusals(gw, "rate")) >= 1
     finally:
