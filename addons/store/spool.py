@@ -12,8 +12,9 @@ Each file holds one JSON line per record, `["<record type>", {fields}]`.
 Replays go oldest first. The batch id is inserted into `aigw_spool_batches` in
 the same transaction as the batch's rows, and a batch whose id is already there
 is not written again: a crash between that commit and the file's removal never
-duplicates rows. The ids are cleared once the spool is empty (after the
-directory is fsync'd, so a removed file cannot come back).
+duplicates rows. The ids this process replayed are cleared once the spool is
+empty (after the directory is fsync'd, so a removed file cannot come back);
+other replicas' ids in a shared DuckLake database are theirs to clear.
 
 `Outage` is the writer's state while the database fails: why, when to retry
 (backoff), the spool, and what could not be kept (dropped, counted, logged).
@@ -165,12 +166,14 @@ class Spool:
         path, _count = self._files[0]
         records: list[Record] = []
         unreadable = 0
-        for line in path.read_bytes().splitlines():
-            record = _decode(line)
-            if record is None:
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                records.append(_decode(line))
+            except Exception as exc:
+                # Never the line itself: it holds prompt text.
+                log.error("dropping an unreadable spool record: %s line %d (%d bytes, %s)", path, number, len(line),
+                          type(exc).__name__)
                 unreadable += 1
-            else:
-                records.append(record)
         return SpoolBatch(_parse_name(path)[1], path, records, unreadable)
 
     def remove(self, batch: SpoolBatch) -> None:
@@ -204,6 +207,7 @@ class Outage:
         self.dropped = 0  # records lost: the spool could not take them, or the database refused them
         self.on_failure: Callable[[], None] | None = None
         self.on_dropped: Callable[[int], None] | None = None
+        self.replayed_ids: list[str] = []  # batches this process replayed whose markers are still to clear
 
     @property
     def spooled(self) -> int:
@@ -281,6 +285,7 @@ class Outage:
                 log.error("could not remove the replayed spool batch %s: %s", batch.path, exc)
                 self.failed(exc)
                 return False
+            self.replayed_ids.append(batch.id)
         log.warning("spool replayed: every spooled record is in the database")
         return True
 
@@ -306,20 +311,16 @@ def _encode(record: Record) -> bytes:
                         option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
-def _decode(line: bytes) -> Record | None:
-    try:
-        name, fields = orjson.loads(line)
-        cls = _TYPES[name]
-        for key in _TIMES[name]:
-            if isinstance(fields.get(key), str):
-                fields[key] = datetime.fromisoformat(fields[key])
-        for key in _TUPLES[name]:
-            if isinstance(fields.get(key), list):
-                fields[key] = tuple(fields[key])
-        return cls(**fields)  # type: ignore[no-any-return]
-    except Exception:
-        log.error("dropping an unreadable spool record: %.200r", line)
-        return None
+def _decode(line: bytes) -> Record:
+    name, fields = orjson.loads(line)
+    cls = _TYPES[name]
+    for key in _TIMES[name]:
+        if isinstance(fields.get(key), str):
+            fields[key] = datetime.fromisoformat(fields[key])
+    for key in _TUPLES[name]:
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(fields[key])
+    return cls(**fields)  # type: ignore[no-any-return]
 
 
 # -- replay markers (run on the writer's cursor, inside its transactions) ------------
@@ -337,5 +338,7 @@ def mark_replayed(cur: duckdb.DuckDBPyConnection, batch_id: str) -> None:
     cur.execute(f"INSERT INTO {MARKER_TABLE} VALUES (?, now())", [batch_id])
 
 
-def forget_replayed(cur: duckdb.DuckDBPyConnection) -> None:
-    cur.execute(f"DELETE FROM {MARKER_TABLE}")
+def forget_replayed(cur: duckdb.DuckDBPyConnection, batch_ids: list[str]) -> None:
+    """Clear the markers of these batches only: replicas sharing a DuckLake database share the table."""
+    if batch_ids:
+        cur.execute(f"DELETE FROM {MARKER_TABLE} WHERE list_contains(?, id)", [batch_ids])

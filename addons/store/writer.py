@@ -560,7 +560,8 @@ class RecordWriter:
                 assert o.spool is not None and self._cur is not None
                 o.spool.sync()  # the removals are durable before the markers that guard them go
                 spooling.ensure_marker_table(self._cur)
-                spooling.forget_replayed(self._cur)
+                spooling.forget_replayed(self._cur, o.replayed_ids)
+                o.replayed_ids.clear()
             except Exception:
                 log.warning("could not clear the spool's replay markers (harmless)", exc_info=True)
         if self._recover_before is not None and self._cur is not None:

@@ -131,15 +131,20 @@ def test_open_resumes_order_and_cleans_up(dbpath: Path) -> None:
     assert sorted(p.name for p in again.directory.glob("0*" + SUFFIX))[0].startswith("000000000012-")
 
 
-def test_unreadable_lines_are_counted_not_fatal(spool: Spool) -> None:
+def test_unreadable_lines_are_counted_not_fatal(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
     iid = uid()
     spool.append([start(iid), end(iid)])
     path = next(spool.directory.glob("*" + SUFFIX))
-    path.write_bytes(path.read_bytes() + b'["NoSuchRecord", {}]\n{not json\n')
+    path.write_bytes(path.read_bytes() + b'["NoSuchRecord", {"prompt": "secret plans"}]\n{not json secret plans\n')
+    caplog.set_level(logging.ERROR, "aigw.store")
     batch = spool.oldest()
     assert batch is not None
     assert [r.id for r in batch.records] == [iid, iid]  # type: ignore[union-attr]
     assert batch.unreadable == 2
+    logged = [r.getMessage() for r in caplog.records]
+    assert [m.split(": ", 1)[1] for m in logged] == [f"{path} line 3 (44 bytes, KeyError)",
+                                                     f"{path} line 4 (22 bytes, JSONDecodeError)"]
+    assert not any("secret" in m for m in logged)  # the lines hold prompt text: never logged
 
 
 # -- the writer: spool while failing, replay in order ------------------------------------
@@ -252,6 +257,8 @@ def test_crash_mid_replay_never_duplicates(dbpath: Path, tmp_path: Path) -> None
         shutil.copy2(f, spool.directory / f.name)
     batch_ids = sorted(f.name.split("-")[1] for f in files)
     db.execute(f"INSERT INTO {MARKER_TABLE} SELECT unnest(?::VARCHAR[]), now()", [batch_ids])
+    # A replica sharing the (DuckLake) database is replaying a batch of its own: its marker stays.
+    db.execute(f"INSERT INTO {MARKER_TABLE} VALUES ('another-replica-batch', now())")
     spool = Spool(spool_dir(dbpath))
     spool.open()
     assert spool.records == 30
@@ -262,7 +269,8 @@ def test_crash_mid_replay_never_duplicates(dbpath: Path, tmp_path: Path) -> None
     for table in ("aibridge_interceptions", "aibridge_token_usages", "aibridge_user_prompts",
                   "aibridge_tool_usages"):
         assert count(db, table) == 6, table
-    assert count(db, MARKER_TABLE) == 0 and not list(spool.directory.iterdir())
+    assert db.execute(f"SELECT id FROM {MARKER_TABLE}").fetchall() == [("another-replica-batch",)]
+    assert not list(spool.directory.iterdir())
     db.close()
 
 
