@@ -3,7 +3,7 @@
 It owns the DuckDB connection (one writing process) and the writer thread, and
 fans each record out to the other sinks (structured logs, metrics). While the
 database fails, the writer spools batches next to it (`<db>.spool/`) and
-`failing()` says why (the gateway's `/readyz` answers 503 with it).
+`failing()` says so (the gateway's `/readyz` answers 503 with it).
 """
 
 from __future__ import annotations
@@ -93,13 +93,16 @@ class Recorder:
         return self.conn
 
     def failing(self) -> str | None:
-        """Why records are not reaching the database right now (None: they are)."""
+        """That records are not reaching the database right now (None: they are). `/readyz` is
+        unauthenticated: the database's error (paths, values) stays in the writer's ERROR log."""
         if self.writer is None:
             return "the recorder is not open"
         outage = self.writer.outage
         if outage.reason is None:
             return None
-        return f"database writes are failing ({outage.reason}); {outage.spooled} record(s) spooled"
+        if outage.spool is None:
+            return "recording to the database is failing; records are dropped (no spool)"
+        return f"recording to the database is failing; records are spooled ({outage.spooled} so far)"
 
     def record(self, record: Record) -> None:
         assert self.writer is not None

@@ -86,7 +86,7 @@ def test_invalidated_database_is_reopened_and_the_spool_replayed(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert "FatalException" in out["checkpoint_error"]
-    assert out["failing"] and "record(s) spooled" in out["failing"]
+    assert out["failing"] == "recording to the database is failing; records are spooled (75 so far)"
     assert out["reopened"] is True and out["dropped"] == 0
     assert out["rows"] == [["before", 3300, 3300], ["during", 25, 25]]
     assert out["ended"] == 3325
