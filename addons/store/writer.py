@@ -595,7 +595,9 @@ class RecordWriter:
         if not is_data_error(exc):
             self.outage.failed(exc)
             return False
-        log.error("batch of %d records refused (%s); retrying in groups of %d", len(records), exc, _RETRY_GROUP)
+        # The exception's text can quote bound values (prompts): its type only.
+        log.error("batch of %d records refused (%s); retrying in groups of %d", len(records), type(exc).__name__,
+                  _RETRY_GROUP)
         # Dry runs (rolled back) find the refused records; the rest is then written in one
         # transaction, so a spool batch is still written once, with its marker.
         accepted: list[Record] = []
@@ -644,8 +646,8 @@ class RecordWriter:
         return together, None
 
     def _refused(self, record: Record, exc: Exception) -> None:
-        log.error("dropped %s for interception %s: %s", type(record).__name__,
-                  getattr(record, "interception_id", getattr(record, "id", "?")), exc)
+        log.error("dropped %s for interception %s (%s)", type(record).__name__,
+                  getattr(record, "interception_id", getattr(record, "id", "?")), type(exc).__name__)
         self.outage.drop(1)
 
     def _attempt(self, records: list[Record], marker: str | None = None,

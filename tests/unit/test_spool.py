@@ -339,3 +339,22 @@ def test_records_refused_only_together_with_others_are_found(db: duckdb.DuckDBPy
     assert count(db, "aibridge_interceptions") == 3
     assert count(db, "aibridge_interceptions", "status = 'completed'") == 1
     assert count(db, "aibridge_user_prompts") == 1
+
+
+def test_refused_records_are_logged_without_their_values(db: duckdb.DuckDBPyConnection,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """DuckDB's errors quote bound values (here text where a time belongs): never logged."""
+    w = RecordWriter(db, flush_interval=5)
+    w.start()
+    iid = uid()
+    with caplog.at_level(logging.ERROR, logger="aigw.store"):
+        bad = PromptRecord(interception_id=iid, provider_response_id="msg_1", prompt="secret plans",
+                           created_at="secret plans")  # type: ignore[arg-type]
+        for r in (start(iid), bad, end(iid)):
+            w.submit(r)
+        assert w.flush()
+        w.close()
+    assert w.outage.dropped == 1 and count(db, "aibridge_interceptions", "status = 'completed'") == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert f"dropped PromptRecord for interception {iid} (ConversionException)" in logged, logged
+    assert not any("secret" in m for m in logged), logged
