@@ -101,6 +101,15 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     return (lambda: SharedPortLoop(settings.listen_port)) if settings.workers > 1 else None
 
 
+def tag_logs(handler: logging.Handler, worker: int) -> None:
+    """Every log line of this process names its worker (`worker=N`): all processes write one stream."""
+    def tag(record: logging.LogRecord) -> bool:
+        record.worker = worker
+        return True
+
+    handler.addFilter(tag)
+
+
 # -- metrics -------------------------------------------------------------------------------------
 
 type Snapshot = list[tuple[str, str, str, str, list[tuple[str, dict[str, str], float]]]]

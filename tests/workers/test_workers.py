@@ -63,13 +63,18 @@ def worker_pid(gw: Gateway, worker: int, after: int = 0) -> int:
     return int(starts[-1])
 
 
-def serve_until_both(gw: Gateway, key: str, user: str) -> None:
-    """Send requests until each worker has recorded one for `user` (a worker starts a little later)."""
+def serve_until_both(gw: Gateway, key: str, user: str) -> int:
+    """Send requests until each worker has recorded one for `user`; returns how many were sent."""
+    sent = 0
+
     def both() -> bool:
-        send(gw, key)
+        nonlocal sent
+        assert send(gw, key).status_code == 200
+        sent += 1
         return workers_of(rows_of(gw, user)) >= {0, 1}
 
     wait_until(both, timeout=60, what="requests on both workers")
+    return sent
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +100,7 @@ def create_key(gw: Gateway, user: str) -> str:
 
 def test_requests_spread_over_both_workers_each_recorded_once(gw: Gateway) -> None:
     key = create_key(gw, "spread")
-    serve_until_both(gw, key, "spread")
-    sent = len(rows_of(gw, "spread"))
+    sent = serve_until_both(gw, key, "spread")
     for _ in range(40):
         assert send(gw, key).status_code == 200
     sent += 40
@@ -117,6 +121,21 @@ def test_revoked_key_refused_by_every_worker_within_a_second(gw: Gateway) -> Non
     time.sleep(1.0)  # the timeout under test: every worker knows within one second
     codes = [send(gw, key).status_code for _ in range(24)]  # 24 connections: both workers, but for 2^-23
     assert codes == [401] * 24
+
+
+def test_budget_spent_through_one_worker_holds_on_both(gw: Gateway) -> None:
+    key = create_key(gw, "budgeted")
+    gw.cli("users", "set", "budgeted", "--budget", "0.000000001")
+    assert send(gw, key).status_code == 200  # admitted: nothing spent yet; it spends more than the budget
+
+    def all_refused() -> bool:
+        return [send(gw, key).status_code for _ in range(12)] == [403] * 12
+
+    # Spend reaches the other worker through the primary within a second or so; without it, never.
+    wait_until(all_refused, timeout=5, what="both workers refusing the spent budget")
+    refused = wait_until(lambda: (r := rows_of(gw, "budgeted", "(i.metadata->>'limit') = 'budget'")) and len(r) >= 12
+                         and r)
+    assert workers_of(refused) == {0, 1}
 
 
 def test_admin_api_answered_through_either_worker(gw: Gateway) -> None:
@@ -204,15 +223,29 @@ def test_killed_worker_is_restarted_and_its_interceptions_ended(gw: Gateway, ups
                what="the new worker 1 serving")
 
 
+def draining(responses: list[httpx.Response], gw: Gateway) -> dict[int, int]:
+    """In-flight streams per worker, from their open rows."""
+    counts: dict[int, int] = {}
+    for row in rows_of(gw, "drained", "ended_at is null"):
+        worker = json.loads(row["metadata"])["worker"]
+        counts[worker] = counts.get(worker, 0) + 1
+    assert sum(counts.values()) == len(responses)
+    return counts
+
+
 def test_sigterm_drains_both_workers(gw: Gateway, upstream: FakeUpstream) -> None:
     """Last in this module: stops the gateway."""
     key = create_key(gw, "drained")
     worker = worker_pid(gw, 1)
     gate = Gate(timeout=30)
     responses = held_streams(gw, upstream, key, "drained", gate, {0, 1})
+    streams = draining(responses, gw)
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: gw.output().count("shutting down: no new connections") >= 2, what="both workers draining")
+    # One log stream; each line names its worker.
+    wait_until(lambda: all(f"shutting down: no new connections; waiting up to 30s for {n} in-flight request(s) "
+                           f"worker={w}" in gw.output() for w, n in streams.items()),
+               what="both workers draining")
     gate.open()
     bodies = [r.read() for r in responses]
     assert all(b"message_stop" in b for b in bodies)
