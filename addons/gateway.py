@@ -45,7 +45,7 @@ from addons.shutdown import GracefulShutdown
 from addons.store import db, lake
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
-from addons.store.prices import Pricer
+from addons.store.prices import Pricer, usage_price
 from addons.timeouts import CONNECT_TIMEOUT, UpstreamTimeouts
 
 log = logging.getLogger("aigw")
@@ -71,12 +71,6 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
         {"content-type": "application/json", "connection": "close"},
     )
     return _http1.http1.assemble_response(response)
-
-
-def usage_price(pricer: Pricer) -> Callable[[TokenUsageRecord], float | None]:
-    return lambda usage: pricer.cost(
-        usage.provider, usage.model, usage.input_tokens, usage.output_tokens,
-        usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata)
 
 
 def prepare_process() -> None:

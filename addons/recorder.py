@@ -20,7 +20,7 @@ import duckdb
 from addons.config import Settings
 from addons.records import InterceptionStart, Record
 from addons.store import db, lake
-from addons.store.prices import Pricer
+from addons.store.prices import Pricer, usage_price
 from addons.store.spool import Spool, spool_dir
 from addons.store.views import create_views
 from addons.store.writer import RecordWriter
@@ -50,11 +50,9 @@ class Recorder:
         spool.open()
         if spool.records:
             log.warning("%d record(s) spooled by an earlier run: replaying them", spool.records)
-        pricer = Pricer(self.settings.prices_file)
-        self.writer = RecordWriter(self.conn, price=lambda usage: pricer.cost(
-            usage.provider, usage.model, usage.input_tokens, usage.output_tokens,
-            usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata),
-            spool=spool, reopen=self.reopen, recover_before=datetime.now(UTC),
+        self.writer = RecordWriter(
+            self.conn, price=usage_price(Pricer(self.settings.prices_file)), spool=spool, reopen=self.reopen,
+            recover_before=datetime.now(UTC),
             replica=lake.replica_id(self.settings.home.path) if self.settings.lake else None)
         self.writer.start()
 

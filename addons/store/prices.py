@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
@@ -45,6 +45,9 @@ from genai_prices.types import ModelPrice, TieredPrices
 
 from addons.config import DEFAULT_PRICES_FILE
 from addons.store import rollup
+
+if TYPE_CHECKING:
+    from addons.records import TokenUsageRecord
 
 __all__ = [
     "DEFAULT_OVERRIDES_PATH",
@@ -359,6 +362,13 @@ class Pricer:
             if rates is not None:
                 return rates
         return None
+
+
+def usage_price(pricer: Pricer) -> Callable[[TokenUsageRecord], float | None]:
+    """The price of a token usage record (the writer's `cost_usd`, governance's spend)."""
+    return lambda usage: pricer.cost(
+        usage.provider, usage.model, usage.input_tokens, usage.output_tokens,
+        usage.cache_read_input_tokens, usage.cache_write_input_tokens, usage.metadata)
 
 
 def normalize_model(model: str) -> str:
