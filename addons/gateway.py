@@ -131,6 +131,8 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         if settings.otel:
             from addons import otel  # only here: a gateway without OTel loads none of the SDK
 
+            if supervisor is not None:
+                workers.name_otel_resource(0)
             try:
                 otel_pipeline = otel.build_pipeline()
             except otel.OtelSetupError as e:
@@ -167,6 +169,7 @@ def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, 
         if settings.otel:
             from addons import otel
 
+            workers.name_otel_resource(worker)
             try:
                 otel_pipeline = otel.build_pipeline()
             except otel.OtelSetupError as e:

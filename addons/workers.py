@@ -110,6 +110,13 @@ def tag_logs(handler: logging.Handler, worker: int) -> None:
     handler.addFilter(tag)
 
 
+def name_otel_resource(worker: int) -> None:
+    """Every process exports its own OpenTelemetry metrics: an `aigw.worker` resource attribute keeps their
+    series apart (the last value in OTEL_RESOURCE_ATTRIBUTES wins, so a worker's overrides the primary's)."""
+    current = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(filter(None, [current, f"aigw.worker={worker}"]))
+
+
 # -- metrics -------------------------------------------------------------------------------------
 
 type Snapshot = list[tuple[str, str, str, str, list[tuple[str, dict[str, str], float]]]]
