@@ -108,7 +108,8 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
     supervisor: workers.Supervisor | None = None
     try:
         try:
-            recorder.open()
+            # Metrics hooks before the writer starts: its startup replay's failures and drops count too.
+            recorder.open(chain_on_batch if settings.prometheus_enable else None)
         except (db.DatabaseLockedError, lake.LakeError) as e:
             print(f"aigw: {e}", file=sys.stderr)
             return 1
@@ -292,9 +293,7 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
     if settings.prometheus_enable:
         writer = recorder.writer
         metrics_sink = Metrics((lambda: writer.queue_depth) if writer is not None else None, price)
-        recorder.sinks.append(metrics_sink)
-        if writer is not None:
-            chain_on_batch(writer)
+        recorder.sinks.append(metrics_sink)  # the writer's hooks were chained when it opened
         metrics_addons.append(metrics_sink)
     otel_addons: list[object] = []
     if otel_pipeline is not None:

@@ -36,11 +36,12 @@ class Recorder:
         self.sinks: list[Callable[[Record], None]] = []
         self.worker: int | None = None  # with several workers: this process's id, in each interception's metadata
 
-    def open(self) -> None:
+    def open(self, before_start: Callable[[RecordWriter], None] | None = None) -> None:
         """Open the database and start the writer; raises DatabaseLockedError early, before serving.
 
         The writer first replays what an earlier run spooled, then ends the interceptions that run
-        left open (a crash), then writes new records."""
+        left open (a crash), then writes new records. `before_start` gets the writer before that
+        (metrics hooks, so the replay's failures and drops are counted too)."""
         if threading.current_thread() is threading.main_thread():
             # Under a file-size limit (ulimit -f) a write must fail with EFBIG, which the writer
             # spools around, instead of SIGXFSZ killing the process.
@@ -54,6 +55,8 @@ class Recorder:
             self.conn, price=usage_price(Pricer(self.settings.prices_file)), spool=spool, reopen=self.reopen,
             recover_before=datetime.now(UTC),
             replica=lake.replica_id(self.settings.home.path) if self.settings.lake else None)
+        if before_start is not None:
+            before_start(self.writer)
         self.writer.start()
 
     def connect(self) -> duckdb.DuckDBPyConnection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -70,3 +71,34 @@ def test_server_serves_and_a_busy_port_is_a_clear_error() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(MetricsServerError, match=f"127.0.0.1:{port}.*CODER_PROMETHEUS_ADDRESS"):
             start_server(f"127.0.0.1:{port}")
+
+
+def test_the_startup_replay_is_counted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The writer replays an earlier run's spool as soon as it starts: its drops reach the metrics."""
+    from addons.config import Settings
+    from addons.recorder import Recorder
+    from addons.store.spool import SUFFIX, spool_dir
+
+    db = tmp_path / "data" / "aibridge.duckdb"
+    spooled = spool_dir(db)
+    spooled.mkdir(parents=True, mode=0o700)
+    (spooled / f"000000000000-{uuid.uuid4().hex}-2{SUFFIX}").write_bytes(b"{not json\n[\"NoSuchRecord\", {}]\n")
+    dropped = value("coder_aibridged_recorder_dropped_records_total")
+    recorder = Recorder(Settings(db=db))
+    waiting: list[int] = []
+
+    def hooks(writer) -> None:  # type: ignore[no-untyped-def]
+        waiting.append(writer.outage.spooled)  # the replay has not begun: nothing can be missed
+        metrics.chain_on_batch(writer)
+
+    recorder.open(hooks)
+    try:
+        assert recorder.writer is not None
+        deadline = time.monotonic() + 10
+        while recorder.writer.outage.dropped < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.writer.outage.dropped == 2
+    finally:
+        recorder.done()
+    assert waiting == [2]
+    assert value("coder_aibridged_recorder_dropped_records_total") == dropped + 2
