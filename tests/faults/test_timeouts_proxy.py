@@ -3,11 +3,17 @@ api.anthropic.com, mapped to an instance whose TLS upstream (a fake) hangs."""
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
 import ssl
 from collections.abc import Iterator
 
 import anthropic
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import httpx
 import httpx2
 import pytest
@@ -121,3 +127,44 @@ def test_sdk_stream_hanging_midway_through_the_proxy(gw: Gateway, fake: tuple[Tl
         assert list(stream.text_stream)
     assert "upstream timeout after 1s" in str(caught.value)
     assert isinstance(caught.value.response, httpx.Response | httpx2.Response)
+
+
+def test_http2_client_cancelling_a_stream_is_recorded_cancelled(gw: Gateway, fake: tuple[TlsFakeUpstream, Pki],
+                                                                gates: list[Gate]) -> None:
+    """An HTTP/2 client that resets its stream (CANCEL) left: the row says cancelled, not failed."""
+    gate = Gate(timeout=30)
+    gates.append(gate)
+    events = anthropic_events(PROMPT)
+    fake[0].queue(Reply(headers={"content-type": "text/event-stream"}, chunks=[*events[:2], gate, *events[2:]]))
+    before = settled_count(gw)
+    auth = base64.b64encode(f"aigw:{gw.user_key}".encode()).decode()  # type: ignore[attr-defined]
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+        raw.sendall(f"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n"
+                    f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        tls_ctx = ssl.create_default_context(cafile=str(gw.workdir / "certs" / "mitmproxy-ca-cert.pem"))
+        tls_ctx.set_alpn_protocols(["h2"])
+        with tls_ctx.wrap_socket(raw, server_hostname="api.anthropic.com") as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            body = json.dumps({**PROMPT, "stream": True}).encode()
+            conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "api.anthropic.com"),
+                                  (":path", "/v1/messages"), ("content-type", "application/json"),
+                                  ("x-api-key", gw.user_key),  # type: ignore[attr-defined]
+                                  ("anthropic-version", "2023-06-01"), ("content-length", str(len(body)))])
+            conn.send_data(1, body, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            status = None
+            while True:  # until the stream's first bytes: it is running
+                received = conn.receive_data(sock.recv(65535))
+                sock.sendall(conn.data_to_send())
+                status = next((dict(e.headers).get(b":status") for e in received
+                               if isinstance(e, h2.events.ResponseReceived)), status)
+                if any(isinstance(e, h2.events.DataReceived) for e in received):
+                    break
+            assert status == b"200"
+            conn.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+            sock.sendall(conn.data_to_send())
+            row = recorded(gw, before)
+    assert (row["status"], row["metadata"]["error"]) == ("cancelled", "stream reset by client (CANCEL)")
