@@ -109,8 +109,18 @@ def _s3_secret(conn: duckdb.DuckDBPyConnection, lake: LakeSettings) -> None:
 
 
 def pg_dsn(lake: LakeSettings) -> str:
-    """The libpq connection string of the catalog database."""
-    return lake.catalog[len(LAKE_PREFIX + "postgres:"):].strip()
+    """The libpq connection string of the catalog database, without its password (see _catalog)."""
+    return _catalog(lake)[len(LAKE_PREFIX + "postgres:"):].strip()
+
+
+def _catalog(lake: LakeSettings) -> str:
+    """The catalog string without a `password=`: DuckDB repeats the connection string in its errors,
+    which reach logs. The password goes to libpq's own PGPASSWORD instead (unless that is set)."""
+    found = _SECRET_RE.search(lake.catalog)
+    if found is None:
+        return lake.catalog
+    os.environ.setdefault("PGPASSWORD", found.group(2).strip("'"))
+    return _SECRET_RE.sub("", lake.catalog).strip()
 
 
 def connect(lake: LakeSettings, *, read_only: bool = False, limits: dict[str, Any] | None = None,
@@ -133,7 +143,7 @@ def connect(lake: LakeSettings, *, read_only: bool = False, limits: dict[str, An
                     _s3_secret(boot, lake)
                 else:
                     Path(lake.data_path).mkdir(mode=0o700, parents=True, exist_ok=True)
-                _attach(boot, lake, f"ATTACH {_quote(lake.catalog)} AS {ALIAS} (DATA_PATH {_quote(lake.data_path)})")
+                _attach(boot, lake, f"ATTACH {_quote(_catalog(lake))} AS {ALIAS} (DATA_PATH {_quote(lake.data_path)})")
                 boot.execute(f"USE {ALIAS}")
                 if migrate:
                     _migrate(boot)
@@ -141,7 +151,7 @@ def connect(lake: LakeSettings, *, read_only: bool = False, limits: dict[str, An
         finally:
             boot.close()
         try:
-            conn = duckdb.connect(lake.catalog, read_only=read_only,
+            conn = duckdb.connect(_catalog(lake), read_only=read_only,
                                   config={**base, "autoload_known_extensions": True, **(limits or {})})
         except duckdb.Error as exc:
             raise LakeError(f"cannot open the DuckLake {describe(lake)}: {redact(str(exc))}") from None

@@ -42,6 +42,19 @@ class Postgres:
     _run: list[str]
     _ids = count()
 
+    def _ctl(self, *args: str) -> None:
+        pg_ctl = _pg_tool("pg_ctl")
+        assert pg_ctl is not None
+        subprocess.run([*self._run, pg_ctl, "-D", str(self.socket_dir / "data"), "-l", str(self.socket_dir / "log"),
+                        "-w", *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._ctl("-o", f"-k {self.socket_dir} -p {self.port} -c listen_addresses='' -c max_connections=200",
+                  "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
     def create_db(self) -> str:
         """A fresh database; returns its DuckLake catalog string."""
         name = f"aigw{next(self._ids)}"
@@ -70,12 +83,10 @@ def postgres() -> Iterator[Postgres]:
         os.chown(base, owner.pw_uid, owner.pw_gid)
     data = base / "data"
     subprocess.run([*run, initdb, "-A", "trust", "-U", user, "-D", str(data)], check=True, capture_output=True)
-    port = free_port()
-    subprocess.run([*run, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                    f"-k {base} -p {port} -c listen_addresses='' -c max_connections=200", "start"],
-                   check=True, capture_output=True)
+    server = Postgres(base, free_port(), user, run)
+    server.start()
     try:
-        yield Postgres(base, port, user, run)
+        yield server
     finally:
         subprocess.run([*run, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +39,15 @@ def test_settings_name_a_lake_with_its_data_path() -> None:
     assert config.load(None, {}).lake is None
 
 
-def test_attach_errors_never_show_the_password(postgres: Postgres, tmp_path: Path) -> None:
+def test_attach_errors_never_show_the_password(postgres: Postgres, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = (f"ducklake:postgres:dbname=nosuchdb host={postgres.socket_dir} port={postgres.port} "
                f"user={postgres.user} password=hunter2")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
     with pytest.raises(lake.LakeError) as err:
         lake.connect(LakeSettings(catalog, str(tmp_path)))
     assert "hunter2" not in str(err.value) and "nosuchdb" in str(err.value)
+    assert os.environ.pop("PGPASSWORD") == "hunter2"  # handed to libpq, out of every connection string
 
 
 def test_one_lease_holder_at_a_time(lake_settings: LakeSettings) -> None:

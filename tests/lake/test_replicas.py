@@ -202,6 +202,39 @@ def test_replica_killed_mid_stream_is_ended_on_restart(replicas: tuple[Gateway, 
     assert rows == [{"status": "failed", "error": "gateway stopped before the interception ended"}]
 
 
+def test_postgres_down_replicas_serve_and_spool(replicas: tuple[Gateway, Gateway], postgres: Postgres) -> None:
+    """The catalog goes away: requests are still served, records wait in each replica's spool, /readyz
+    says why; once PostgreSQL is back every record is in the lake exactly once."""
+    a, b = replicas
+    key = a.user_key  # type: ignore[attr-defined]
+    counts = "select count(*) as n, count(ended_at) as ended from aibridge_interceptions"
+    before = wait_rows(a, counts, lambda r: r[0]["n"] == r[0]["ended"])[0]["n"]
+    postgres.stop()
+    try:
+        assert [message(gw, key, HELLO).status_code for gw in (a, b) for _ in range(5)] == [200] * 10
+
+        def not_ready(gw: Gateway) -> bool:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = httpx.get(gw.url + "/readyz", timeout=5, trust_env=False)
+                if r.status_code == 503:
+                    return "spooled" in r.text
+                time.sleep(0.2)
+            return False
+
+        assert not_ready(a) and not_ready(b)
+    finally:
+        postgres.start()
+    rows = wait_rows(a, counts, lambda r: r[0]["ended"] == before + 10, timeout=60)
+    assert rows == [{"n": before + 10, "ended": before + 10}]
+    for gw in (a, b):
+        assert wait_rows(gw, "select 1 as ok", bool)  # the admin query works again
+        deadline = time.monotonic() + 30
+        while httpx.get(gw.url + "/readyz", timeout=5, trust_env=False).status_code != 200:
+            assert time.monotonic() < deadline, "replica did not become ready again"
+            time.sleep(0.2)
+
+
 def test_analyst_attaches_the_lake(replicas: tuple[Gateway, Gateway], postgres: Postgres, s3: S3) -> None:
     """The README's lines, in a plain DuckDB (extensions from the wheels, as an analyst's pip install has)."""
     a, _ = replicas
