@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from addons.config import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL
 from tests.gateway_process import REPO, Gateway, aigw, clean_env
 
 SEED = REPO.parent / "shared" / "fixtures" / "seed-config"
@@ -27,6 +28,7 @@ pytestmark = [
 
 EXAMPLES = sorted(p for p in SEED.glob("*") if p.suffix in (".env", ".yaml", ".yml", ".txt")) if SEED.is_dir() else []
 PREFIX = "/api/v2/aibridge/"
+DEFAULT_MARK = " (Coder's default)"
 # The recorded routes of each instance type (README, "Pointing clients at the gateway").
 INTERCEPTED = {
     "anthropic": ("/v1/messages",),
@@ -68,6 +70,12 @@ def resolved_instances(output: str) -> dict[str, str]:
     return instances
 
 
+def bedrock_instances(output: str) -> dict[str, dict[str, str]]:
+    """Instance name -> its Bedrock settings, for the instances `aigw config check` says use Bedrock."""
+    return {item["name"]: item["bedrock"] for line in output.splitlines() if line.startswith("{")
+            if (item := json.loads(line))["bedrock"]}
+
+
 def routes_to_probe(listed: list[str], instances: dict[str, str]) -> list[str]:
     """Each route the README lists (an instance name or a `…` stands for that instance's recorded
     routes), and the recorded routes of every resolved instance."""
@@ -98,6 +106,14 @@ def test_example_starts_as_written(example: Path, tmp_path: Path) -> None:
     check = aigw(["config", "check", *args], env, tmp_path)
     instances = resolved_instances(check.stdout)
     assert instances, f"{example.name}: config check resolved no instance:\n{check.stdout}"
+    assert "warning" not in check.stderr.lower(), f"{example.name} warns as written:\n{check.stderr}"
+    for name, bedrock in bedrock_instances(check.stdout).items():
+        # The page's examples name no model: the effective ones are shown, Coder's defaults marked.
+        expected = (f"{name}: Bedrock model {bedrock['model']}"
+                    f"{DEFAULT_MARK if bedrock['model'] == DEFAULT_BEDROCK_MODEL else ''}, small-fast model "
+                    f"{bedrock['small_fast_model']}"
+                    f"{DEFAULT_MARK if bedrock['small_fast_model'] == DEFAULT_BEDROCK_SMALL_FAST_MODEL else ''}")
+        assert expected in check.stdout.splitlines(), check.stdout
 
     paths = routes_to_probe(listed_routes().get(example.name, []), instances)
     gateway = Gateway(tmp_path, env, args).start()
