@@ -21,6 +21,8 @@ from typing import Any
 import duckdb
 import orjson
 
+from addons.store.lake import retry_conflicts
+
 KEY_PREFIX = "aigw_"
 _KEY_RE = re.compile(r"^(aigw_[0-9a-f]{8})_([A-Za-z0-9_-]{40})$")
 _ID_RE = re.compile(r"^aigw_[0-9a-f]{8}$")
@@ -158,25 +160,25 @@ def create_key(
         raise ValueError("key expiry must not be negative")
     now = _now(now)
     expires_at = now + expires if expires else None
-    conn.execute("BEGIN")
-    try:
-        user_id = ensure_user(conn, user, now)
+
+    def insert(cur: duckdb.DuckDBPyConnection) -> tuple[str, str, str]:
+        user_id = ensure_user(cur, user, now)
         for _ in range(16):  # the 32-bit public id may collide; the secret never will
             key_id, full_key = new_secret()
-            taken = conn.execute("SELECT 1 FROM api_keys WHERE id = ?", [key_id]).fetchone()
+            taken = cur.execute("SELECT 1 FROM api_keys WHERE id = ?", [key_id]).fetchone()
             if taken is None:
                 break
         else:
             raise RuntimeError("could not allocate a unique key id")
-        conn.execute(
+        cur.execute(
             "INSERT INTO api_keys (id, user_id, key_hash, admin, created_at, expires_at) "
             "VALUES (?, ?::UUID, ?, ?, ?::TIMESTAMPTZ, ?::TIMESTAMPTZ)",
             [key_id, user_id, hash_key(full_key), admin, _ts(now), _ts(expires_at)],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        return user_id, key_id, full_key
+
+    # One transaction; on a DuckLake, run again if another replica's commit (e.g. last-used times) won.
+    user_id, key_id, full_key = retry_conflicts(conn, insert)
     info = KeyInfo(
         id=key_id,
         user_id=user_id,
@@ -198,10 +200,10 @@ def list_keys(conn: duckdb.DuckDBPyConnection) -> list[KeyInfo]:
 
 def revoke_key(conn: duckdb.DuckDBPyConnection, key_id: str, now: datetime | None = None) -> bool:
     """Revoke a key; False when it is unknown or already revoked."""
-    row = conn.execute(
+    row = retry_conflicts(conn, lambda cur: cur.execute(
         "UPDATE api_keys SET revoked_at = ?::TIMESTAMPTZ WHERE id = ? AND revoked_at IS NULL",
         [_ts(_now(now)), key_id],
-    ).fetchone()
+    ).fetchone())
     return bool(row and row[0])
 
 
@@ -215,9 +217,9 @@ def touch_last_used(conn: duckdb.DuckDBPyConnection, used: dict[str, datetime]) 
     if not used:
         return
     payload = orjson.dumps([list(used), [_ts(t) for t in used.values()]]).decode()
-    conn.execute(
+    retry_conflicts(conn, lambda cur: cur.execute(
         "UPDATE api_keys AS k SET last_used_at = greatest(coalesce(k.last_used_at, u.t), u.t) "
         "FROM (SELECT UNNEST(j[1]::VARCHAR[]) AS id, UNNEST(j[2]::TIMESTAMPTZ[]) AS t "
         "FROM (SELECT ?::JSON::JSON[] AS j)) AS u WHERE k.id = u.id",
         [payload],
-    )
+    ))
