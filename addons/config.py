@@ -20,7 +20,8 @@ Provider instances come from three places, in this order:
 3. when nothing at all is configured: keyless ``openai`` and ``anthropic``
    instances with the default base URLs, so bring-your-own-key works out of the box.
 
-The YAML file is checked with a strict pydantic schema (unknown keys are errors);
+The YAML file is checked with a strict pydantic schema (unknown keys are errors;
+``addons/config_yaml.py``, built from ``_OPTIONS`` and imported only when a file is read);
 values from all sources then go through the same small parsers below.
 """
 
@@ -34,16 +35,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from addons import home as homes
 from addons.breaker import BreakerSettings
 from addons.home import Home
 from addons.limits import DEFAULT_GOVERNANCE, PERIODS, GovernanceSettings, Limits
+
+if TYPE_CHECKING:
+    from addons.config_yaml import _YamlSection
 
 __all__ = [
     "CHATGPT_BASE_URL",
@@ -259,6 +260,7 @@ class _Opt:
     help: str
     is_bool: bool = False
     metavar: str = "VALUE"
+    is_list: bool = False  # YAML takes a list too (or a comma-separated string)
 
     @property
     def yaml(self) -> str:
@@ -436,6 +438,7 @@ _OPTIONS = (
         "--aibridge-proxy-allowed-private-cidrs",
         "comma-separated private CIDRs the proxy may connect to (default none)",
         metavar="CIDRS",
+        is_list=True,
     ),
     _Opt(
         "max_body_size",
@@ -809,147 +812,6 @@ def _parse_url(value: Any, name: str) -> str:
     return text.rstrip("/")
 
 
-# --------------------------------------------------------------------------- YAML schema
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        raise ValueError("expected a single value, not a list or mapping")
-    return value
-
-
-def _scalar_or_list(value: Any) -> Any:
-    nested = isinstance(value, list) and any(isinstance(v, dict | list) for v in value)
-    if isinstance(value, dict) or nested:
-        raise ValueError("expected a list of strings or a comma-separated string")
-    return value
-
-
-_Scalar = Annotated[Any, AfterValidator(_scalar)]
-_ScalarOrList = Annotated[Any, AfterValidator(_scalar_or_list)]
-
-
-class _YamlModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _YamlBedrock(_YamlModel):
-    region: _Scalar = None
-    base_url: _Scalar = None
-    model: _Scalar = None
-    small_fast_model: _Scalar = None
-    access_key: _Scalar = None
-    access_key_secret: _Scalar = None
-
-
-class _YamlProvider(_YamlModel):
-    type: _Scalar = None
-    name: _Scalar = None
-    key: _Scalar = None
-    keys: _ScalarOrList = None
-    base_url: _Scalar = None
-    dump_dir: _Scalar = None
-    bedrock: _YamlBedrock | None = None
-
-
-class _YamlSection(_YamlModel):
-    enabled: _Scalar = None
-    openai_key: _Scalar = None
-    openai_base_url: _Scalar = None
-    anthropic_key: _Scalar = None
-    anthropic_base_url: _Scalar = None
-    bedrock_region: _Scalar = None
-    bedrock_base_url: _Scalar = None
-    bedrock_model: _Scalar = None
-    bedrock_small_fast_model: _Scalar = None
-    bedrock_access_key: _Scalar = None
-    bedrock_access_key_secret: _Scalar = None
-    retention: _Scalar = None
-    structured_logging: _Scalar = None
-    log_json: _Scalar = None
-    log_human: _Scalar = None
-    db: _Scalar = None
-    data_path: _Scalar = None
-    s3_endpoint: _Scalar = None
-    home: _Scalar = None
-    prices_file: _Scalar = None
-    listen: _Scalar = None
-    allow_byok: _Scalar = None
-    proxy_allowed_private_cidrs: _ScalarOrList = None
-    prometheus_enable: _Scalar = None
-    prometheus_address: _Scalar = None
-    upstream_connect_timeout: _Scalar = None
-    upstream_idle_timeout: _Scalar = None
-    circuit_breaker_enabled: _Scalar = None
-    circuit_breaker_failure_threshold: _Scalar = None
-    circuit_breaker_interval: _Scalar = None
-    circuit_breaker_timeout: _Scalar = None
-    circuit_breaker_max_requests: _Scalar = None
-    otel: _Scalar = None
-    otel_propagate_upstream: _Scalar = None
-    max_body_size: _Scalar = None
-    max_header_count: _Scalar = None
-    max_header_bytes: _Scalar = None
-    analytics_memory_limit: _Scalar = None
-    analytics_threads: _Scalar = None
-    workers: _Scalar = None
-    max_concurrency: _Scalar = None
-    rate_limit: _Scalar = None
-    default_rpm: _Scalar = None
-    default_tpm: _Scalar = None
-    default_max_streams: _Scalar = None
-    budget_policy: _Scalar = None
-    budget_period: _Scalar = None
-    budget_unpriced: _Scalar = None
-    budget_warn_ratio: _Scalar = None
-    providers: list[_YamlProvider] | None = None
-
-
-class _YamlFile(_YamlModel):
-    aibridge: _YamlSection | None = None
-
-
-def _yaml_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
-    return path
-
-
-_PYDANTIC_MESSAGES = {
-    "extra_forbidden": "unknown key",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-    "dict_type": "expected a mapping",
-    "list_type": "expected a list",
-}
-
-
-def _read_yaml(path: Path, origin: str) -> _YamlSection:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{origin}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{origin}: {str(path)!r} is not valid YAML{where}: {problem}") from None
-    if document is None:
-        return _YamlSection()
-    if not isinstance(document, dict):
-        raise ConfigError(f"{origin}: {str(path)!r} must be a mapping with the top-level key 'aibridge'")
-    try:
-        parsed = _YamlFile.model_validate(document)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        message = _PYDANTIC_MESSAGES.get(first["type"], first["msg"].removeprefix("Value error, "))
-        raise ConfigError(f"{_yaml_path(first['loc'])}: {message} (in {path})") from None
-    return parsed.aibridge or _YamlSection()
-
-
 # --------------------------------------------------------------------------- provider instances
 
 _BEDROCK_FIELDS = ("region", "base_url", "model", "small_fast_model", "access_key", "access_key_secret")
@@ -1044,7 +906,9 @@ def _env_providers(environ: Mapping[str, str]) -> list[_RawProvider]:
     return providers
 
 
-def _yaml_providers(section: _YamlSection) -> list[_RawProvider]:
+def _yaml_providers(section: _YamlSection | None) -> list[_RawProvider]:
+    if section is None:
+        return []
     providers = []
     for index, item in enumerate(section.providers or ()):
         prefix = f"aibridge.providers[{index}]"
@@ -1200,13 +1064,13 @@ def _default_instances() -> tuple[Instance, ...]:
 # --------------------------------------------------------------------------- loading
 
 
-def _pick(opt: _Opt, section: _YamlSection, environ: Mapping[str, str], args: Any) -> _Value | None:
+def _pick(opt: _Opt, section: _YamlSection | None, environ: Mapping[str, str], args: Any) -> _Value | None:
     """The highest-precedence value of `opt`: flag, then environment, then YAML."""
     if (value := _clean(getattr(args, opt.dest, None))) is not None:
         return _Value(value, opt.flag)
     if (value := _clean(environ.get(opt.env))) is not None:
         return _Value(value, opt.env)
-    if (value := _clean(getattr(section, opt.key))) is not None:
+    if section is not None and (value := _clean(getattr(section, opt.key))) is not None:
         return _Value(value, opt.yaml)
     return None
 
@@ -1216,12 +1080,14 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     environ = os.environ if environ is None else environ
 
     config_file: Path | None = None
-    section = _YamlSection()
+    section: _YamlSection | None = None  # no YAML file
     candidates = (("--config", getattr(args, "config", None)), (CONFIG_ENV, environ.get(CONFIG_ENV)))
     for config_origin, path in candidates:
         if (path := _clean(path)) is not None:
             config_file = Path(path).expanduser()
-            section = _read_yaml(config_file, config_origin)
+            from addons.config_yaml import read_yaml  # pydantic and PyYAML only when a file is read
+
+            section = read_yaml(config_file, config_origin)
             break
 
     picked = {opt.key: _pick(opt, section, environ, args) for opt in _OPTIONS}
@@ -1419,3 +1285,12 @@ def unknown_variables(environ: Mapping[str, str]) -> tuple[str, ...]:
         hint = f"did you mean {prefix}{close[0]}?" if close else "see aigw serve --help for the known names"
         warnings.append(f"{var}: unknown variable, ignored ({hint})")
     return tuple(warnings)
+
+
+def __getattr__(name: str) -> Any:
+    """The YAML schema's models (`_YamlSection`, …) live in addons.config_yaml, imported on first use."""
+    if name.startswith("_Yaml"):
+        from addons import config_yaml
+
+        return getattr(config_yaml, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
