@@ -11,8 +11,8 @@ racing to accept on one inherited socket.
 
 Primary and workers talk over one unix socket (in a private 0700 directory), length-prefixed frames:
 
-- worker → primary: records (the spool's JSON lines, `addons/store/spool.py`, batched per loop
-  turn), admin API requests (forwarded whole, answered by the primary's AdminApi), keys' last-used
+- worker → primary: records (the spool's JSON lines, `addons/store/spool.py`, batched over
+  `FLUSH_DELAY`), admin API requests (forwarded whole, answered by the primary's AdminApi), keys' last-used
   times, a snapshot of the worker's metrics (every second), goodbye;
 - primary → worker: state (admin token, keys, governance policy, period spend, why recording
   fails) at start and on every change (checked every 0.2 s), admin API answers.
@@ -63,6 +63,9 @@ log = logging.getLogger("aigw.workers")
 
 HEADER = struct.Struct("!cI")  # kind, payload length
 HIGH_WATER = 32 * 1024 * 1024  # unsent record bytes in a worker before it refuses new requests
+# A worker sends its records at most this often: each frame wakes the primary's reader thread, which then
+# takes the GIL from the primary's event loop; fewer, larger frames keep that handoff rare.
+FLUSH_DELAY = 0.01
 STATE_INTERVAL = 0.2  # seconds between the primary's checks for changed keys and policy
 SPEND_INTERVAL = 1.0
 REPORT_INTERVAL = 1.0  # seconds between a worker's metrics snapshots and last-used reports
@@ -256,8 +259,10 @@ class Supervisor:
 
     def signal(self, signum: int) -> None:
         """Pass a stop signal on to every worker (they drain on their own)."""
-        self.stopping = True
-        for process in list(self.processes.values()):
+        with self.lock:  # no worker is started after this
+            self.stopping = True
+            processes = list(self.processes.values())
+        for process in processes:
             if process.pid is not None and process.is_alive():
                 try:
                     os.kill(process.pid, signum)
@@ -268,17 +273,19 @@ class Supervisor:
         """Wait for the workers to end (they were signalled), then for their last records to be taken.
 
         Called after the primary's master stopped, before its recorder flushes."""
-        self.stopping = True
+        with self.lock:
+            self.stopping = True
+            processes = list(self.processes.values())
         if self.task is not None:
             self.task.cancel()
         deadline = time.monotonic() + timeout
-        for process in list(self.processes.values()):
+        for process in processes:
             if process.is_alive() and process.pid is not None:
                 try:
                     os.kill(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for process in list(self.processes.values()):
+        for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.error("worker (pid %s) did not stop in time: killing it", process.pid)
@@ -318,9 +325,10 @@ class Supervisor:
                 log.error("worker %d (pid %s) exited with code %s: starting a new one", worker, process.pid,
                           process.exitcode)
                 time.sleep(max(0.0, started[worker] + RESTART_DELAY - time.monotonic()))
-                if self.stopping:
-                    return
-                self._spawn(worker)
+                with self.lock:
+                    if self.stopping:
+                        return
+                    self._spawn(worker)
                 started[worker] = time.monotonic()
 
     # -- channel (threads) ---------------------------------------------------------------------
@@ -591,7 +599,7 @@ class WorkerLink:
         self.buffer.append(encode_record(record))
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
         for sink in self.sinks:
             try:
                 sink(record)
@@ -599,7 +607,7 @@ class WorkerLink:
                 log.exception("record sink failed")
 
     def flush(self) -> None:
-        """One frame with every record of this loop turn."""
+        """One frame with every record since the last one."""
         self.flush_scheduled = False
         if self.buffer:
             data, self.buffer = b"".join(self.buffer), []

@@ -164,12 +164,12 @@ def interceptions_total(metrics_port: int, user_id: str) -> float:
 
 def test_metrics_are_the_sum_of_both_workers(gw: Gateway, metrics_port: int) -> None:
     key = create_key(gw, "counted")
-    serve_until_both(gw, key, "counted")
+    n = serve_until_both(gw, key, "counted") + 10
     for _ in range(10):
-        send(gw, key)
-    rows = wait_until(lambda: (r := rows_of(gw, "counted", "ended_at is not null")) and len(r) >= 10 and r)
+        assert send(gw, key).status_code == 200
+    rows = wait_until(lambda: (r := rows_of(gw, "counted", "ended_at is not null")) and len(r) >= n and r)
     user_id = gw.query("select id::varchar as id from users where name = 'counted'")[0]["id"]
-    n = len(rows_of(gw, "counted"))
+    assert len(rows) == n
     assert workers_of(rows) == {0, 1}
     # Workers report every second: the sum catches up with the database.
     wait_until(lambda: interceptions_total(metrics_port, user_id) == n, timeout=10, what=f"{n} in /metrics")
