@@ -111,6 +111,10 @@ def header_problem(request: http.Request, max_count: int, max_bytes: int) -> Pro
                                 "(CR, LF, NUL or another)")
         if _PRINTABLE_ASCII.fullmatch(value) is None and is_sensitive_header(name.decode("ascii")):
             return Problem(400, f"credential header {name.decode('ascii')} is not printable ASCII")
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:  # what would be recorded (User-Agent, traceparent, …) must be text
+            return Problem(400, f"request header {name.decode('ascii')} is not valid UTF-8")
     return None
 
 

@@ -232,14 +232,14 @@ class Interceptor:
         flow.metadata["aigw_interception_id"] = interception.id
         metadata: dict[str, Any] = {
             "username": ctx.identity.user_name,
-            "user_agent": headers.get("user-agent"),
+            "user_agent": _text(headers.get("user-agent")),
             "route": ctx.route.name,
             "method": flow.request.method,
             "stream": info.stream,
             "mode": ctx.extra.get("mode", "gateway"),
         }
         if who.version:
-            metadata["client_version"] = who.version
+            metadata["client_version"] = _text(who.version)
         self.record(InterceptionStart(
             id=interception.id,
             initiator_id=ctx.identity.user_id,
@@ -248,14 +248,14 @@ class Interceptor:
             provider_name=ctx.instance.name,
             model=info.model,
             client=who.client,
-            client_session_id=who.session_id,
+            client_session_id=_text(who.session_id),
             credential_kind="byok" if ctx.byok else "centralized",
             credential_hint=clients.mask_secret(ctx.client_credential if ctx.byok else ctx.instance.key),
             started_at=now,
             metadata=metadata,
             correlating_tool_call_id=info.correlating_tool_call_id,
-            traceparent=headers.get("traceparent"),
-            tracestate=headers.get("tracestate"),
+            traceparent=_text(headers.get("traceparent")),
+            tracestate=_text(headers.get("tracestate")),
         ))
         if info.prompt:  # now, not at the end: a crash mid-response keeps it (the end adds the response id)
             self.record(PromptRecord(interception.id, None, info.prompt, now))
@@ -398,6 +398,14 @@ def records_for(ctx: FlowContext, interception: Interception, summary: ResponseS
     for thought in summary.thoughts:
         out.append(ThoughtRecord(iid, thought.content, {"source": thought.source}, now))
     return out
+
+
+def _text(value: str | None) -> str | None:
+    """A header-derived string the writer can store: mitmproxy decodes header bytes with surrogateescape,
+    and a lone surrogate would make the start record unwritable (the guard refuses such headers anyway)."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _error_message(body: bytes | None) -> str | None:

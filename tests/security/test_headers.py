@@ -38,6 +38,11 @@ def tripwire() -> Iterator[Tripwire]:
     (b"x-note: a\x1bb\r\n", 400, "control character"),
     (b"anthropic-beta: \x00\r\n", 400, "control character"),
     (b"x-aigw-token: \xff\xfe\r\n", 400, "not printable ASCII"),
+    # Not credentials, but recorded: undecodable text would make the interception's start unwritable.
+    (b"user-agent: claude-cli/1.0 \xff\xfe\r\n", 400, "not valid UTF-8"),
+    (b"traceparent: 00-\xc3\x28-01\r\n", 400, "not valid UTF-8"),
+    (b"tracestate: a=\xed\xa0\x80\r\n", 400, "not valid UTF-8"),  # an encoded surrogate
+    (b"x-note: \xc0\xae\r\n", 400, "not valid UTF-8"),  # overlong
     (b"x-note: " + b"a" * (1024 * 1024) + b"\r\n", 431, "too large"),
     (b"".join(b"x-h-%d: v\r\n" % i for i in range(5000)), 431, "too many"),
 ])
@@ -89,3 +94,33 @@ def test_limits_are_configurable(strict: Gateway, upstream: FakeUpstream) -> Non
     assert upstream.requests == []
     assert exchange(strict.port, request(key, b"x-note: " + b"a" * 1500 + b"\r\n"), "POST").status == 200
     assert len(upstream.requests) == 1
+
+
+def test_undecodable_user_agent_is_neither_forwarded_nor_orphaned(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """The red-team repro: forwarded with the organisation's key, then no interception row was written."""
+    before = gateway.query("select (select count(*) from aibridge_interceptions) as i, "
+                           "(select count(*) from aibridge_user_prompts) as p")[0]
+    response = exchange(gateway.port, request(gateway.user_key,  # type: ignore[attr-defined]
+                                              b"user-agent: claude-cli/1.0 \xff\xfe\r\n"), "POST")
+    assert response.status == 400
+    assert upstream.requests == []
+    # A clean request after it is recorded whole: the writer did not stall on the refused one.
+    assert exchange(gateway.port, request(gateway.user_key), "POST").status == 200  # type: ignore[attr-defined]
+    rows = gateway.wait_for("select (select count(*) from aibridge_interceptions) as i, "
+                            "(select count(*) from aibridge_user_prompts) as p",
+                            lambda r: r[0]["i"] == before["i"] + 1 and r[0]["p"] == before["p"] + 1)
+    orphans = gateway.query("select count(*) as n from aibridge_user_prompts p where not exists "
+                            "(select 1 from aibridge_interceptions i where i.id = p.interception_id)")
+    assert orphans[0]["n"] == 0, rows
+
+
+def test_recorded_header_text_is_always_storable() -> None:
+    """Defence in depth behind the guard: header text mitmproxy decoded with surrogateescape."""
+    from addons.intercept import _text
+
+    raw = b"claude-cli/1.0 \xff\xfe".decode("utf-8", "surrogateescape")
+    safe = _text(raw)
+    assert safe is not None and safe.startswith("claude-cli/1.0 ")
+    safe.encode("utf-8")  # a lone surrogate would raise here, as it did in the writer
+    assert orjson.loads(orjson.dumps({"user_agent": safe}))["user_agent"] == safe
+    assert _text(None) is None and _text("café") == "café"
