@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,10 @@ def create_key(gw: Gateway, user: str) -> str:
 def test_requests_spread_over_both_workers_each_recorded_once(gw: Gateway) -> None:
     key = create_key(gw, "spread")
     sent = serve_until_both(gw, key, "spread")
-    for _ in range(40):
-        assert send(gw, key).status_code == 200
-    sent += 40
+    with ThreadPoolExecutor(8) as pool:  # concurrent clients, each request on its own connection
+        codes = list(pool.map(lambda _: send(gw, key).status_code, range(80)))
+    assert codes == [200] * 80
+    sent += 80
     rows = wait_until(lambda: (r := rows_of(gw, "spread", "ended_at is not null")) and len(r) >= sent and r,
                       what="every request recorded")
     time.sleep(0.5)  # a duplicate would come with the next batch
