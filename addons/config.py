@@ -715,6 +715,8 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise ConfigError(f"{name}: invalid boolean {str(value).strip()!r} (expected true or false)")
 
 
+PROPAGATE_WITHOUT_OTEL = ("--aibridge-otel-propagate-upstream does nothing: OpenTelemetry export is off "
+                          "(turn it on with --aibridge-otel or OTEL_EXPORTER_OTLP_ENDPOINT)")
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
 

@@ -24,7 +24,7 @@ from addons.analytics import RollupRefresher, SnapshotPublisher
 from addons.auth import KeyCache
 from addons.bedrock import BedrockUpstreams
 from addons.circuit import CircuitBreakers
-from addons.config import Settings
+from addons.config import PROPAGATE_WITHOUT_OTEL, Settings
 from addons.dumps import Dumps
 from addons.engine import AigwMaster, use_hook_table
 from addons.governance import Governance
@@ -98,6 +98,8 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         workers.tag_logs(log_output.handler, 0)
     for warning in settings.unknown_variables:
         log.warning(warning)
+    if settings.otel_propagate_upstream and not settings.otel:
+        log.warning(PROPAGATE_WITHOUT_OTEL)
     if (busy := listen_error(settings.listen_host, settings.listen_port)) is not None:
         print(f"aigw: {busy}", file=sys.stderr)
         log_output.close()
@@ -299,7 +301,9 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
     if otel_pipeline is not None:
         from addons import otel
 
-        recorder.sinks.append(otel.OtelSink(settings, otel_pipeline, price))
+        otel_sink = otel.OtelSink(settings, otel_pipeline, price)
+        recorder.sinks.append(otel_sink)
+        otel_addons.append(otel_sink)  # its request hook notes the request's credentials, to scrub from the span
         if settings.otel_propagate_upstream:
             otel_addons.append(otel.PropagateUpstream())
     # The database's own addons run where the database is; a worker forwards admin calls there.

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,13 @@ _SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _LOW64 = (1 << 64) - 1
+SHUTDOWN_SECONDS = 3.0  # the most stopping the export may add to a gateway's stop
+# What the OTLP exporters accept in OTEL_EXPORTER_OTLP_*HEADERS (the SDK's "liberal" parsing: the
+# specification's name=value list, values URL-encoded or with spaces). The SDK logs any other entry
+# whole, a collector token included, and exports without it.
+_HEADER_ENTRY = re.compile(r"[ \t]*[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+[ \t]*="
+                           r"[ \t]*[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*[ \t]*")
+_HEADER_DELIMITER = re.compile(r"[ \t]*,[ \t]*")
 
 
 class OtelSetupError(Exception):
@@ -181,24 +189,33 @@ class Pipeline:
     resource: Resource
     spans: BatchSpanProcessor | None
     meters: MeterProvider | None
-    span_exporter: OTLPSpanExporter | None = None
     hand_off: HandOff = field(default_factory=HandOff)
 
-    def flush(self, timeout: float = 10.0) -> None:
-        self.hand_off.flush(timeout)
-        if self.spans is not None:
-            self.spans.force_flush(int(timeout * 1000))
+    def shutdown(self, budget: float = SHUTDOWN_SECONDS) -> None:
+        """Hand what is queued to the collector, for at most `budget` seconds in all. The SDK's own
+        timeouts do not bound it (`force_flush` ignores its timeout, and a collector that accepts but
+        never answers holds each export for the exporter's whole timeout), so the stop runs on a
+        daemon thread the process leaves behind when the budget is spent."""
+        stopper = threading.Thread(target=self._stop, args=(time.monotonic() + budget,), name="aigw-otel-stop",
+                                   daemon=True)
+        stopper.start()
+        stopper.join(budget)
+        if stopper.is_alive():
+            log.warning("OpenTelemetry: the collector did not take the last spans and measurements within "
+                        "%g s; stopping without them", budget)
 
-    def shutdown(self, flush_seconds: float = 5.0) -> None:
-        """Flush what is queued (bounded: a dead collector costs at most the exporter timeout)."""
-        self.hand_off.close(flush_seconds)
+    def _stop(self, deadline: float) -> None:
+        def left_ms() -> int:
+            return max(0, int((deadline - time.monotonic()) * 1000))
+
+        self.hand_off.close(left_ms() / 1000)
         if self.spans is not None:
-            self.spans.force_flush(int(flush_seconds * 1000))
-            if self.span_exporter is not None:
-                self.span_exporter.shutdown()  # later attempts fail fast instead of retrying
-            self.spans.shutdown()
-        if self.meters is not None:
-            self.meters.shutdown(timeout_millis=flush_seconds * 1000)
+            self.spans.shutdown()  # the export thread sends what is queued; then the exporter is closed
+        if self.meters is not None and left_ms() > 0:
+            try:
+                self.meters.shutdown(timeout_millis=left_ms())
+            except Exception as e:  # the SDK raises when a reader did not finish in time
+                log.warning("OpenTelemetry: %s", e)
 
 
 def _exporter_choice(environ: Mapping[str, str], name: str) -> str:
@@ -208,10 +225,23 @@ def _exporter_choice(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
+def check_headers(environ: Mapping[str, str]) -> None:
+    """Refuse OTEL_EXPORTER_OTLP_*HEADERS the exporters would half-read (naming the variable, never
+    its value: it usually holds the collector's token)."""
+    for name in sorted(environ):
+        if not (name.startswith("OTEL_EXPORTER_OTLP_") and name.endswith("HEADERS")):
+            continue
+        entries = [e for e in _HEADER_DELIMITER.split(environ[name]) if e.strip()]
+        if not all(_HEADER_ENTRY.fullmatch(e.strip()) for e in entries):
+            raise OtelSetupError(f"{name} is not a comma-separated list of name=value pairs "
+                                 "(e.g. authorization=Bearer%20TOKEN); its value is not shown")
+
+
 def build_pipeline(environ: Mapping[str, str] | None = None) -> Pipeline:
     """Exporters from the standard OTEL_* variables; the OTLP exporters read their own endpoint,
     headers, timeout, compression and TLS variables. Raises OtelSetupError."""
     environ = os.environ if environ is None else environ
+    check_headers(environ)
     for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                  "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"):
         protocol = (environ.get(name) or "http/protobuf").strip().lower()
@@ -227,8 +257,10 @@ def build_pipeline(environ: Mapping[str, str] | None = None) -> Pipeline:
     meters = None
     if metric_choice == "otlp":
         # OTEL_METRIC_EXPORT_INTERVAL / _TIMEOUT are read by the reader.
-        meters = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
-    return Pipeline(resource, processor, meters, exporter)
+        # Stopped by Pipeline.shutdown, within its budget; not again at exit, for up to 30 s.
+        meters = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
+                               shutdown_on_exit=False)
+    return Pipeline(resource, processor, meters)
 
 
 # --------------------------------------------------------------------------- records -> spans
@@ -246,6 +278,7 @@ class _Open:
     tools: list[ToolUsageRecord] = field(default_factory=list)
     prompt: str | None = None
     thoughts: list[str] = field(default_factory=list)
+    credentials: frozenset[str] = frozenset()  # the request's own (BYOK key, …): scrubbed from content
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +370,18 @@ class OtelSink:
             elif kind is ThoughtRecord and self.capture_content:
                 o.thoughts.append(record.content)  # type: ignore[union-attr]
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Addon hook (after the interceptor): the credentials this request carries upstream are scrubbed
+        from its span (content, error text) as the dumps and the web UI scrub them. Held here until the
+        span is built, never put in a record."""
+        ctx = context.get(flow)
+        if ctx is None or ctx.interception is None or (o := self.open.get(ctx.interception.id)) is None:
+            return
+        values = redaction.credential_values(flow.request.headers.items(multi=True))
+        if ctx.client_credential:
+            values.add(ctx.client_credential)
+        o.credentials = frozenset(values)
+
     def started(self, r: InterceptionStart) -> None:
         if len(self.open) >= self.MAX_OPEN:  # an end never came; do not grow without bound
             self.open.pop(next(iter(self.open)))
@@ -424,8 +469,8 @@ class OtelSink:
             attrs.update(self.content(o, end))
         status = Status(StatusCode.UNSET)
         if end.status == "failed":
-            status = Status(StatusCode.ERROR, self.redact(str(end.metadata.get("error") or "failed")))
-        events = [self.tool_event(t) for t in o.tools]
+            status = Status(StatusCode.ERROR, self.redact(str(end.metadata.get("error") or "failed"), o))
+        events = [self.tool_event(t, o) for t in o.tools]
         links = []
         if o.link is not None:
             links.append(Link(o.link[0], {"aigw.relation": "thread_parent", "gen_ai.tool.call.id": o.link[1]}))
@@ -435,7 +480,7 @@ class OtelSink:
             events=events, links=links, kind=SpanKind.CLIENT, status=status,
             start_time=_nanos(start.started_at), end_time=_nanos(end.ended_at), instrumentation_scope=_SCOPE)
 
-    def tool_event(self, tool: ToolUsageRecord) -> Event:
+    def tool_event(self, tool: ToolUsageRecord, o: _Open) -> Event:
         # The model chose a tool; the client runs it. `execute_tool` spans belong to whoever runs it.
         attrs: dict[str, Any] = {"gen_ai.tool.name": tool.tool, "gen_ai.tool.call.id": tool.provider_tool_call_id,
                                  "gen_ai.tool.type": "extension" if tool.injected else "function",
@@ -443,7 +488,7 @@ class OtelSink:
         if tool.server_url:
             attrs["aigw.tool.server_url"] = redaction.redact_url(tool.server_url)
         if self.capture_content:
-            attrs["gen_ai.tool.call.arguments"] = self.redact(tool.input)
+            attrs["gen_ai.tool.call.arguments"] = self.redact(tool.input, o)
         return Event("gen_ai.tool.call", attrs, _nanos(tool.created_at))
 
     def content(self, o: _Open, end: InterceptionEnd) -> dict[str, str]:
@@ -451,18 +496,18 @@ class OtelSink:
         out: dict[str, str] = {}
         if o.prompt:
             out["gen_ai.input.messages"] = self.redact(_json(
-                [{"role": "user", "parts": [{"type": "text", "content": o.prompt}]}]))
+                [{"role": "user", "parts": [{"type": "text", "content": o.prompt}]}]), o)
         parts: list[dict[str, Any]] = [{"type": "reasoning", "content": t} for t in o.thoughts]
         parts += [{"type": "tool_call", "id": t.provider_tool_call_id, "name": t.tool, "arguments": _arguments(t.input)}
                   for t in o.tools]
         if parts:
             reason = end.finish_reasons[0] if end.finish_reasons else "tool_call" if o.tools else "stop"
             out["gen_ai.output.messages"] = self.redact(_json(
-                [{"role": "assistant", "parts": parts, "finish_reason": reason}]))
+                [{"role": "assistant", "parts": parts, "finish_reason": reason}]), o)
         return out
 
-    def redact(self, text: str) -> str:
-        return redaction.scrub(text, self.secrets)
+    def redact(self, text: str, o: _Open) -> str:
+        return redaction.scrub(text, self.secrets | o.credentials)
 
     def record_metrics(self, o: _Open, end: InterceptionEnd, common: dict[str, Any]) -> None:
         assert self.duration is not None and self.token_usage is not None and self.first_chunk is not None

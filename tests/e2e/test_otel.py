@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,15 @@ def interception(gw: Gateway, where: str) -> dict[str, Any]:
     rows = gw.wait_for(f"select * from aibridge_interceptions_v where ended_at is not null and {where}")
     assert len(rows) == 1, rows
     return rows[0]
+
+
+def logged(gw: Gateway, text: str, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while text not in gw.output():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def span_of(receiver: OtlpReceiver, interception_id: str) -> ReceivedSpan:
@@ -219,31 +229,49 @@ def test_genai_metrics_reach_the_collector(otel_gateway: Gateway, receiver: Otlp
 
 
 def test_prometheus_has_the_time_to_first_token_and_the_cost_of_the_rows(otel_gateway: Gateway) -> None:
-    with anthropic_client(otel_gateway).messages.stream(
-            model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "cost?"}]) as stream:
-        stream.until_done()
     address = next(a for a in otel_gateway.extra_args if a.startswith("--prometheus-address="))
     url = "http://" + address.split("=", 1)[1] + "/metrics"
-    sql = ("select i.initiator_id, count(*) as n, sum(t.cost_usd) as usd from aibridge_interceptions i "
-           "join aibridge_token_usages t on t.interception_id = i.id where i.provider_name = 'anthropic' "
-           "and i.model = 'claude-sonnet-4-5' and i.ended_at is not null group by 1")
+    model = "claude-sonnet-4-5"
 
     def scrape(user: str) -> tuple[float, float]:
         samples = [s for family in text_string_to_metric_families(httpx.get(url, trust_env=False).text)
                    for s in family.samples]
         cost = sum(s.value for s in samples if s.name == "coder_aibridged_cost_usd_total"
-                   and s.labels.get("model") == "claude-sonnet-4-5" and s.labels.get("initiator_id") == user)
+                   and s.labels.get("model") == model and s.labels.get("initiator_id") == user)
         ttft = sum(s.value for s in samples if s.name == "coder_aibridged_time_to_first_token_seconds_count"
-                   and s.labels == {"provider": "anthropic", "model": "claude-sonnet-4-5"})
+                   and s.labels == {"provider": "anthropic", "model": model})
         return cost, ttft
 
-    # Rows are written in batches and metrics move when a response ends: wait until both have settled.
+    # The time to first token is a stream's: two streams and one blocking call add exactly two.
+    marker = f"ttft-{uuid.uuid4()}"
+    _, ttft_before = scrape("")
+    client = anthropic_client(otel_gateway)
+    client.messages.create(model=model, max_tokens=20, messages=[{"role": "user", "content": f"{marker} blocking"}])
+    for i in range(2):
+        with client.messages.stream(model=model, max_tokens=50,
+                                    messages=[{"role": "user", "content": f"{marker} stream {i}"}]) as stream:
+            stream.until_done()
+    mine = otel_gateway.wait_for(
+        "select i.initiator_id, (i.metadata->>'stream')::boolean as stream from aibridge_interceptions i "
+        "join aibridge_user_prompts p on p.interception_id = i.id "
+        f"where p.prompt like '{marker}%' and i.ended_at is not null", lambda r: len(r) == 3)
+    assert sorted(r["stream"] for r in mine) == [False, True, True]
+    # The sink sees each end record as the writer gets it; the blocking call came first, so had it counted,
+    # the third would be there by the time both streams are.
+    deadline = time.monotonic() + 10
+    while scrape("")[1] - ttft_before < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scrape("")[1] - ttft_before == 2
+
+    # The cost counter per initiator is the sum of the rows' costs (rows are written in batches).
+    sql = ("select i.initiator_id, count(*) as n, sum(t.cost_usd) as usd from aibridge_interceptions i "
+           "join aibridge_token_usages t on t.interception_id = i.id where i.provider_name = 'anthropic' "
+           f"and i.model = '{model}' and i.ended_at is not null group by 1")
     rows = otel_gateway.wait_for(sql, lambda r: len(r) == 1 and r[0]["usd"] == pytest.approx(
         scrape(r[0]["initiator_id"])[0]))
     [row] = rows
-    cost, ttft = scrape(row["initiator_id"])
-    assert row["usd"] > 0 and cost == pytest.approx(row["usd"])
-    assert 1 <= ttft <= row["n"]  # every stream to this model has one (blocking calls have none)
+    assert row["initiator_id"] == mine[0]["initiator_id"]
+    assert row["usd"] > 0 and scrape(row["initiator_id"])[0] == pytest.approx(row["usd"])
 
 
 def test_content_only_when_enabled_and_redacted(upstream: FakeUpstream, receiver: OtlpReceiver,
@@ -263,6 +291,20 @@ def test_content_only_when_enabled_and_redacted(upstream: FakeUpstream, receiver
         assert message["role"] == "user"
         assert message["parts"][0]["content"] == marker.replace(ANTHROPIC_PROVIDER_KEY, "[REDACTED]")
         assert ANTHROPIC_PROVIDER_KEY not in repr(span)
+
+        # Bring-your-own-key: the client's own key is scrubbed too (as the dumps and the web UI scrub it),
+        # though the gateway knows it only from this request.
+        own = f"sk-ant-api03-USERS-OWN-KEY-{uuid.uuid4().hex}"
+        byok = anthropic.Anthropic(base_url=f"{gw.url}/api/v2/aibridge/anthropic", api_key=own, max_retries=0,
+                                   default_headers={"X-Aigw-Token": gw.user_key})  # type: ignore[attr-defined]
+        byok.messages.create(model="claude-sonnet-4-5", max_tokens=20,
+                             messages=[{"role": "user", "content": f"is {own} my key?"}])
+        row = gw.wait_for("select id from aibridge_interceptions where ended_at is not null "
+                          "and credential_kind = 'byok'")[0]
+        span = span_of(receiver, row["id"])
+        [message] = json.loads(span.attributes["gen_ai.input.messages"])
+        assert message["parts"][0]["content"] == "is [REDACTED] my key?"
+        assert own not in repr(span)
     finally:
         gw.stop()
 
@@ -287,9 +329,34 @@ def test_a_dead_or_slow_collector_leaves_traffic_untouched(collector: str, upstr
                            lambda r: len(r) >= 10)
         assert [r["status"] for r in rows] == ["completed"] * 10
         assert httpx.get(gw.url + "/healthz", trust_env=False).status_code == 200
+        # The export was attempted all the same: the slow collector got requests, the dead one a warning.
+        if slow:
+            assert slow.wait_requests(lambda r: any(path == "/v1/traces" for path, _ in r))
+        else:
+            assert logged(gw, "Failed to export spans batch"), gw.output()[-2000:]
     finally:
-        # Shutdown waits for the exporter only as long as its timeout allows, then exits cleanly.
         code = gw.stop(signal.SIGTERM, timeout=20)
         if slow:
             slow.stop()
     assert code == 0, gw.output()[-2000:]
+
+
+def test_stopping_with_a_collector_that_never_answers_stays_within_the_otel_budget(
+        upstream: FakeUpstream, tmp_path: Path) -> None:
+    silent = OtlpReceiver(delay=600).start()  # takes each export, answers none
+    gw = start_gateway(tmp_path, otel_env(upstream, silent.url, OTEL_EXPORTER_OTLP_TIMEOUT="120",
+                                          OTEL_BSP_SCHEDULE_DELAY="10"))
+    try:
+        anthropic_client(gw).messages.create(model="claude-sonnet-4-5", max_tokens=20,
+                                             messages=[{"role": "user", "content": "hi"}])
+        assert silent.wait_requests(lambda r: any(path == "/v1/traces" for path, _ in r))  # an export is held
+        anthropic_client(gw).messages.create(model="claude-sonnet-4-5", max_tokens=20,
+                                             messages=[{"role": "user", "content": "queued behind it"}])
+        gw.wait_for("select id from aibridge_interceptions where ended_at is not null", lambda r: len(r) == 2)
+    finally:
+        # The exporter would wait 120 s for an answer; the stop gives the export 3 s, then exits cleanly.
+        code = gw.stop(signal.SIGTERM, timeout=15)
+        silent.stop()
+    assert code == 0, gw.output()[-2000:]
+    assert ("OpenTelemetry: the collector did not take the last spans and measurements within 3 s; "
+            "stopping without them") in gw.output()

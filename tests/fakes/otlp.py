@@ -100,6 +100,18 @@ class OtlpReceiver:
                 return spans
             time.sleep(0.05)
 
+    def wait_requests(self, done: Any, timeout: float = 20) -> bool:
+        """Whether `done(requests)` held within the timeout (requests: (path, headers) of every export)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                requests = list(self.requests)
+            if done(requests):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
     def wait_points(self, done: Any, timeout: float = 20) -> list[ReceivedPoint]:
         deadline = time.monotonic() + timeout
         while True:

@@ -59,12 +59,16 @@ class Harness:
         env = {otel.CAPTURE_CONTENT: "true"} if content else {}
         self.sink = OtelSink(SETTINGS, self.pipeline, price, environ=env)
 
+    def flush(self) -> None:
+        assert self.pipeline.hand_off.flush(10) and self.pipeline.spans is not None
+        self.pipeline.spans.force_flush()
+
     def spans(self) -> list[ReadableSpan]:
-        self.pipeline.flush()
+        self.flush()
         return list(self.exporter.get_finished_spans())
 
     def points(self, name: str) -> list[Any]:
-        self.pipeline.flush()
+        self.flush()
         data = self.reader.get_metrics_data()
         assert data is not None
         return [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
@@ -333,6 +337,38 @@ def test_pipeline_from_the_standard_variables() -> None:
                 {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}):
         with pytest.raises(otel.OtelSetupError, match=next(iter(env))):
             build_pipeline(env)
+
+
+def test_malformed_otlp_headers_stop_start_naming_the_variable_never_the_value(
+        caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                 "OTEL_EXPORTER_OTLP_METRICS_HEADERS"):
+        with pytest.raises(otel.OtelSetupError) as e:
+            build_pipeline({name: "x-tenant=acme, authorization: Bearer s3cr3t-collector-token"})
+        assert str(e.value) == (f"{name} is not a comma-separated list of name=value pairs "
+                                "(e.g. authorization=Bearer%20TOKEN); its value is not shown")
+    assert "s3cr3t" not in caplog.text
+    # What the exporters accept passes: URL-encoded, or a value with spaces (the SDK's liberal parsing).
+    for value in ("authorization=Bearer%20s3cr3t", "Authorization = Bearer s3cr3t , x-tenant=acme", ""):
+        pipeline = build_pipeline({"OTEL_EXPORTER_OTLP_HEADERS": value, "OTEL_TRACES_EXPORTER": "none",
+                                   "OTEL_METRICS_EXPORTER": "none"})
+        pipeline.shutdown()
+    assert "s3cr3t" not in caplog.text
+
+
+def test_shutdown_is_bounded_when_the_collector_never_answers(caplog: pytest.LogCaptureFixture) -> None:
+    exporter = BlockingExporter()  # an export that would take 10 s (a collector holding the request)
+    h = Harness()
+    h.pipeline = Pipeline(Resource.create({}), CountingBatchSpanProcessor(exporter), h.pipeline.meters)
+    h.sink.pipeline = h.pipeline
+    iid = str(uuid.uuid4())
+    h.sink(start(iid))
+    h.sink(end(iid))
+    h.pipeline.shutdown(budget=0.5)
+    assert exporter.exported == 0  # returned while the export was still held
+    assert ("OpenTelemetry: the collector did not take the last spans and measurements within 0.5 s; "
+            "stopping without them") in caplog.text
+    exporter.release.set()
 
 
 def test_prometheus_time_to_first_token_and_cost() -> None:
