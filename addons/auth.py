@@ -14,6 +14,7 @@ from datetime import datetime
 
 from mitmproxy import http
 
+from addons.redaction import looks_like_gateway_key
 from addons.store.keys import KeyInfo, hash_key
 
 
@@ -57,6 +58,14 @@ class KeyCache:
             return None
         self.last_used[info.id] = now
         return Identity(user_id=str(info.user_id), user_name=info.user_name, key_id=info.id, admin=info.admin)
+
+    def is_gateway_credential(self, value: str | None, secret: str | None = None) -> bool:
+        """Whether a presented credential is the gateway's and not the client's own (BYOK): `secret` (the key
+        the request authenticated with), a gateway key, anything shaped like one, or the local admin token."""
+        if not value:
+            return False
+        return (value == secret or looks_like_gateway_key(value) or self.is_admin_token(value)
+                or (value.isascii() and hash_key(value) in self._by_hash))
 
     def is_admin_token(self, token: str) -> bool:
         return token.isascii() and hmac.compare_digest(token.encode(), self.admin_token.encode())

@@ -419,7 +419,7 @@ class ProxyRouter:
     def credential(self, instance: Instance, api: Api | None, headers: http.Headers, secret: str) -> Credential:
         """The request's own credential decides: none or the gateway key -> the instance key; else BYOK."""
         presented = presented_credential(headers)
-        is_gateway_key = self.is_gateway_key(presented, secret)
+        is_gateway_key = self.keys.is_gateway_credential(presented, secret)
         if instance.type == "copilot":
             # Copilot has no organisation key: the user's GitHub token always goes upstream.
             return Credential(byok=True, explicit=False, client_credential=None if is_gateway_key else presented)
@@ -427,20 +427,16 @@ class ProxyRouter:
             return Credential(byok=False, explicit=False)
         return Credential(byok=True, explicit=True, client_credential=presented)
 
-    def is_gateway_key(self, presented: str | None, secret: str) -> bool:
-        return presented is not None and (
-            presented == secret or self.keys.authenticate(presented, datetime.now(UTC)) is not None)
-
     def relay(self, flow: http.HTTPFlow, url: str | None = None, secret: str | None = None) -> None:
         """Forward as it came (optionally to `url`, an AI host's origin), streamed both ways, never recorded."""
         if url is not None:
             flow.request.url = without_query_credentials(url)
         headers = flow.request.headers
         headers.pop(BYOK_HEADER, None)
-        if secret is not None and self.is_gateway_key(presented_credential(headers), secret):
-            # A gateway key never leaves the gateway, whatever the path.
-            headers.pop("authorization", None)
-            headers.pop("x-api-key", None)
+        for name in ("authorization", "x-api-key"):
+            # A gateway key never leaves the gateway, whatever the path and whatever credential is next to it.
+            if name in headers and self.keys.is_gateway_credential(headers[name].strip().rpartition(" ")[2], secret):
+                del headers[name]
         flow.request.stream = True
         self.state.relays.add(flow)
         allow_upstream(flow)

@@ -48,6 +48,15 @@ _SENSITIVE_QUERY = frozenset({
 # Secrets shorter than this are not scrubbed by value: they would mangle ordinary text.
 MIN_SECRET_LENGTH = 8
 
+# The start of a gateway key (addons/store/keys.py: `aigw_<8 hex>_<secret>`), valid or not: such a value
+# is never a provider credential and never leaves the gateway, whatever header or parameter carries it.
+_GATEWAY_KEY_SHAPE = re.compile(r"aigw_[0-9a-f]{8}_", re.IGNORECASE)
+
+
+def looks_like_gateway_key(value: str) -> bool:
+    """Whether `value` (a credential, a scheme and credential, or a query value) is gateway-key-shaped."""
+    return _GATEWAY_KEY_SHAPE.match(value.strip().rpartition(" ")[2]) is not None
+
 
 def is_sensitive_header(name: str) -> bool:
     lowered = name.lower()

@@ -24,7 +24,7 @@ from addons.context import FlowContext
 from addons.keypool import pool_for
 from addons.providers.base import Api, Provider, Route, any_error
 from addons.providers.registry import PROVIDERS, error_body
-from addons.redaction import without_query_credentials
+from addons.redaction import looks_like_gateway_key, without_query_credentials
 
 log = logging.getLogger("aigw.routing")
 
@@ -109,7 +109,7 @@ class Router:
                 instance.type, None, f"route not supported: {flow.request.method} {rest}", "not_found_error"))
             return
         api = route.api
-        byok_token = flow.request.headers.get(BYOK_HEADER)
+        byok_token = flow.request.headers.get(BYOK_HEADER, "").strip() or None  # empty: absent
         presented = presented_credential(flow.request.headers)
         token = byok_token or presented
         identity = self.keys.authenticate(token, datetime.now(UTC))
@@ -122,8 +122,9 @@ class Router:
             flow.response = json_response(401, error_body(instance.type, api, why, "authentication_error"))
             return
         byok = byok_token is not None or instance.type == "copilot"
-        credential = Credential(byok=byok, explicit=byok_token is not None,
-                                client_credential=presented if byok else None)
+        # The gateway key (sent twice, or on Copilot in place of the GitHub token) is never the client's own.
+        own = presented if byok and not self.keys.is_gateway_credential(presented, token) else None
+        credential = Credential(byok=byok, explicit=byok_token is not None, client_credential=own)
         admit(flow, self.settings, instance, provider, route, api_path, query, identity, credential)
 
 
@@ -151,8 +152,8 @@ def admission_error(settings: Settings, instance: Instance, api: Api | None, cre
             instance.type, api, "bring-your-own-key is disabled on this gateway", "permission_error"))
     if credential.byok and not credential.client_credential:
         return json_response(401, error_body(
-            instance.type, api, f"instance {instance.name!r} needs your own provider credential",
-            "authentication_error"))
+            instance.type, api, f"instance {instance.name!r} needs your own provider credential (a gateway key "
+            f"is not one): {OWN_KEY_HINTS.get(mode, OWN_KEY_HINTS['gateway'])}", "authentication_error"))
     if not credential.byok and not instance.key and instance.bedrock is None:
         return json_response(502, error_body(
             instance.type, api, f"instance {instance.name!r} has no provider key configured; "
@@ -180,11 +181,13 @@ def admit(flow: http.HTTPFlow, settings: Settings, instance: Instance, provider:
         client_credential=credential.client_credential, extra={"mode": mode},
     )
     context.attach(flow, ctx)
-    if not credential.byok:
-        # The gateway key must not travel upstream.
-        flow.request.headers.pop("authorization", None)
-        flow.request.headers.pop("x-api-key", None)
-    flow.request.headers.pop(BYOK_HEADER, None)
+    headers = flow.request.headers
+    for name in ("authorization", "x-api-key"):
+        # The gateway key must not travel upstream: without BYOK no client credential does; with it, a
+        # gateway key next to the client's own (e.g. `Authorization: Bearer aigw_…`) is dropped too.
+        if name in headers and (not credential.byok or looks_like_gateway_key(headers[name])):
+            del headers[name]
+    headers.pop(BYOK_HEADER, None)
     return ctx
 
 

@@ -34,7 +34,8 @@ INSTANCES = st.sampled_from(["anthropic", "openai", "copilot", "dead", "multi", 
 METHODS = st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"]) | st.binary(
     min_size=1, max_size=8)
 HEADERS = st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=40)), max_size=6)
-AUTH = st.sampled_from(["none", "valid", "invalid", "byok", "query", "proxy-only"])
+AUTH = st.sampled_from(["none", "valid", "invalid", "byok", "query", "proxy-only", "byok-empty", "byok-twice",
+                        "byok-extra"])
 BODIES = st.sampled_from([b"", b"{}", b'{"model":"m","max_tokens":1,"messages":[]}', b'{"model":"m","input":"x"}'])
 PROXY_HOSTS = st.sampled_from(["api.anthropic.com", "api.openai.com", "chatgpt.com", "127.0.0.1:{trip}",
                                "8.8.8.8:22", "169.254.169.254", "[::1]:{trip}", "localhost:{trip}"])
@@ -55,6 +56,13 @@ def credentials(auth: str, key: str) -> tuple[bytes, bytes]:
         return b"x-api-key: aigw_00000000_notavalidkeyatall\r\n", b""
     if auth == "byok":
         return f"x-aigw-token: {key}\r\nauthorization: Bearer sk-user-own-key-0000\r\n".encode(), b""
+    if auth == "byok-empty":
+        return f"x-aigw-token: \r\nx-api-key: {key}\r\nauthorization: Bearer {key}\r\n".encode(), b""
+    if auth == "byok-twice":
+        return f"x-aigw-token: {key}\r\nx-api-key: {key}\r\n".encode(), b""
+    if auth == "byok-extra":
+        return (f"x-aigw-token: {key}\r\nx-api-key: sk-user-own-key-0000\r\n"
+                f"authorization: Bearer {key}\r\n").encode(), b""
     if auth == "query":
         return b"", f"key={key}&api_key={key}".encode()
     if auth == "proxy-only":
@@ -69,13 +77,15 @@ def send(port: int, data: bytes) -> None:
         pass  # refused at the protocol level: the connection was closed
 
 
-def check(upstream: FakeUpstream, tripwire: Tripwire, before: int, authorized: bool) -> None:
+def check(upstream: FakeUpstream, tripwire: Tripwire, before: int, authorized: bool, key: str) -> None:
     assert tripwire.received == b""
     new = upstream.requests[before:]
     if not authorized:
         assert new == [], [r.path for r in new]
     for seen in new:
         assert path_problem(seen.path) is None, seen.path
+        # The gateway key never goes upstream, whichever header or parameter carried it.
+        assert key not in seen.path and all(key not in value for value in seen.headers.values()), seen.headers
 
 
 @FUZZ
@@ -98,7 +108,8 @@ def test_gateway_routes(gateway: Gateway, upstream: FakeUpstream, tripwire: Trip
             + f"content-length: {len(body)}\r\n\r\n".encode() + body)
     before = len(upstream.requests)
     send(gateway.port, data)
-    check(upstream, tripwire, before, authorized=auth in ("valid", "byok"))
+    check(upstream, tripwire, before, authorized=auth in ("valid", "byok", "byok-empty", "byok-twice", "byok-extra"),
+          key=key)
 
 
 @FUZZ
@@ -118,4 +129,4 @@ def test_proxy_requests(gateway: Gateway, upstream: FakeUpstream, tripwire: Trip
     before = len(upstream.requests)
     send(gateway.port, data)
     # The proxy password is the gateway key: only it (with or without a provider credential) opens the way.
-    check(upstream, tripwire, before, authorized=auth == "proxy-only")
+    check(upstream, tripwire, before, authorized=auth == "proxy-only", key=key)
