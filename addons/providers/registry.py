@@ -9,9 +9,11 @@ ANTHROPIC = Provider(
     gateway_prefix="",
     rules=(
         rule(r"/v1/messages", Api.MESSAGES, "/v1/messages", ("POST",)),
-        rule(r"/v1/messages/count_tokens", None, "/v1/messages/count_tokens"),
-        rule(r"/v1/models(/.*)?", None, "/v1/models"),
-        rule(r"/api/event_logging/.*", None, "/api/event_logging"),
+        # Pass-through routes carry the organisation's key: each allows only the methods clients use
+        # (README "Security"); any other method is 404 `route not supported`, never forwarded.
+        rule(r"/v1/messages/count_tokens", None, "/v1/messages/count_tokens", ("POST",)),
+        rule(r"/v1/models(/.*)?", None, "/v1/models", ("GET",)),
+        rule(r"/api/event_logging/.*", None, "/api/event_logging", ("POST",)),
     ),
 )
 
@@ -21,9 +23,10 @@ OPENAI = Provider(
     rules=(
         rule(r"/chat/completions", Api.CHAT, "/chat/completions", ("POST",)),
         rule(r"/responses", Api.RESPONSES, "/responses", ("POST",)),
-        rule(r"/models(/.*)?", None, "/models"),
-        rule(r"/responses/.+", None, "/responses/*"),
-        rule(r"/conversations(/.*)?", None, "/conversations"),
+        rule(r"/models(/.*)?", None, "/models", ("GET",)),  # not DELETE: it deletes a fine-tuned model
+        # Retrieve, input items, cancel, compact, input token counts; no DELETE of stored responses.
+        rule(r"/responses/.+", None, "/responses/*", ("GET", "POST")),
+        rule(r"/conversations(/.*)?", None, "/conversations", ("GET", "POST")),
     ),
 )
 
