@@ -16,8 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from addons import __version__, config, runtime
-from addons.config import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL, ConfigError, Settings
+from addons import config, runtime
+from addons.config import (
+    DEFAULT_BEDROCK_MODEL,
+    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
+    PROPAGATE_WITHOUT_OTEL,
+    ConfigError,
+    Settings,
+)
 from addons.home import HOME_HINT
 
 log = logging.getLogger("aigw")
@@ -54,11 +60,24 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the installed version is looked up only when asked (importlib.metadata costs ~40 ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        from addons import __version__
+
+        print(f"aigw {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from addons import cli_governance  # it builds on this module's helpers
 
     parser = argparse.ArgumentParser(prog="aigw", description="An AI gateway for coding agents, on mitmproxy.")
-    parser.add_argument("--version", action="version", version=f"aigw {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show program's version number and exit")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(name: str, func: Callable[..., int | None], help: str) -> argparse.ArgumentParser:
@@ -182,6 +201,10 @@ def serve_detached(args: argparse.Namespace, settings: Settings) -> int:
     """Start `aigw serve` in the background, output to the home's aigw.log; return once /healthz answers."""
     import subprocess
 
+    # The gateway's own warnings go to its log: say them here too, where the user is looking.
+    for warning in [*settings.unknown_variables,
+                    *([PROPAGATE_WITHOUT_OTEL] if settings.otel_propagate_upstream and not settings.otel else [])]:
+        print(f"aigw: warning: {warning}", file=sys.stderr)
     running = runtime.read(settings.db)
     if running is not None:
         fail(f"a gateway already runs for {settings.db} at {running.url} (pid {running.pid}); stop it with aigw stop")
@@ -193,7 +216,9 @@ def serve_detached(args: argparse.Namespace, settings: Settings) -> int:
         fail(f"cannot write {log_file}: {e.strerror or e} (home {settings.home.path}: {settings.home.reason})")
     with out:
         start = log_file.stat().st_size
-        child = subprocess.Popen([sys.executable, "-m", "addons", *(a for a in args.argv if a != "--detach")],
+        # -P: not the current directory first on sys.path, where an `addons` package of the user's
+        # project (or anyone's) would run instead of aigw.
+        child = subprocess.Popen([sys.executable, "-P", "-m", "addons", *(a for a in args.argv if a != "--detach")],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)  # survives the shell that started it
     deadline = time.monotonic() + 60
@@ -318,8 +343,8 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     created = with_store(settings, lambda gw: runtime.call(gw, "POST", "/api/v2/aibridge/keys", {
         "user": args.user, "admin": args.admin, "expires": args.expires, **limits}), local, create=True)
     if args.json:
-        print(json.dumps({"id": created["id"], "user": created["user"], "key": created["key"],
-                          "admin": created["admin"], "expires_at": created["expires_at"]}))
+        print(dump_json({"id": created["id"], "user": created["user"], "key": created["key"],
+                         "admin": created["admin"], "expires_at": created["expires_at"]}, indent=None))
     else:
         print(f"Created key {created['id']} for {created['user']}{' (admin)' if created['admin'] else ''}.")
         print("Store it now; it is not shown again:\n")
@@ -694,6 +719,8 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"configuration OK ({len(settings.instances)} provider instance(s))")
     for warning in settings.unknown_variables:
         print(f"warning: {warning}")
+    if settings.otel_propagate_upstream and not settings.otel:
+        print(f"warning: {PROPAGATE_WITHOUT_OTEL}")
     home = settings.home
     print(f"home: {home.path} ({home.reason})")
     where = f"set by {settings.db_origin}" if settings.db_origin else "in the home"
@@ -711,7 +738,7 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"listen: {settings.listen_host}:{settings.listen_port}   "
           f"enabled: {settings.enabled}   allow_byok: {settings.allow_byok}")
     for instance in settings.instances:
-        print(json.dumps(instance.masked(), default=str))
+        print(dump_json(instance.masked(), indent=None))
         if instance.bedrock is not None:
             model = bedrock_model_text(instance.bedrock.model, DEFAULT_BEDROCK_MODEL)
             small = bedrock_model_text(instance.bedrock.small_fast_model, DEFAULT_BEDROCK_SMALL_FAST_MODEL)

@@ -13,7 +13,6 @@ from urllib.parse import quote
 from addons import runtime
 from addons.cli import dump_json, fail, render_table, with_store
 from addons.config import Settings
-from addons.store import governance as g
 
 ADMIN = "/api/v2/aibridge/admin"
 
@@ -35,6 +34,8 @@ def settings_text(changes: dict[str, Any]) -> str:
 
 def limit_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The settings named on the command line, validated (a bad value is a one-line error)."""
+    from addons.store import governance as g  # here: DuckDB is not loaded for `aigw --help` or a gateway's answer
+
     names = {"rpm": "rpm", "tpm": "tpm", "max_streams": "max_streams", "budget": "budget_usd", "models": "models"}
     changes = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
     for name, value in changes.items():
@@ -98,6 +99,8 @@ def change(settings: Settings, method: str, path: str, body: dict[str, Any], loc
 
 
 def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     rows = with_store(settings, lambda gw: runtime.call(gw, "GET", ADMIN + "/users"), g.list_users)
     if args.json:
         print(dump_json(rows))
@@ -108,6 +111,8 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     changes = limit_changes(args)
     if not changes:
         fail("nothing to set: name at least one of --rpm, --tpm, --max-streams, --budget, --models")
@@ -117,12 +122,16 @@ def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     change(settings, "POST", f"/users/{quote(args.user, safe='')}/groups", {"group": args.group},
            lambda conn: g.add_member(conn, args.user, args.group))
     return done(args, {"user": args.user, "group": args.group}, f"user {args.user} is in group {args.group}")
 
 
 def cmd_users_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     change(settings, "DELETE", f"/users/{quote(args.user, safe='')}/groups/{quote(args.group, safe='')}", {},
            lambda conn: g.remove_member(conn, args.user, args.group))
     return done(args, {"user": args.user, "group": args.group, "removed": True},
@@ -130,6 +139,8 @@ def cmd_users_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_groups_list(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     rows = with_store(settings, lambda gw: runtime.call(gw, "GET", ADMIN + "/groups"), g.list_groups)
     if args.json:
         print(dump_json(rows))
@@ -140,6 +151,8 @@ def cmd_groups_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_groups_create(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     changes = limit_changes(args)
     change(settings, "POST", "/groups", {"name": args.name, **changes},
            lambda conn: g.create_group(conn, args.name, changes))
@@ -148,6 +161,8 @@ def cmd_groups_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_groups_set(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     changes = limit_changes(args)
     if not changes:
         fail("nothing to set: name --budget or --models")
@@ -157,12 +172,16 @@ def cmd_groups_set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_groups_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     change(settings, "DELETE", f"/groups/{quote(args.name, safe='')}", {},
            lambda conn: g.delete_group(conn, args.name))
     return done(args, {"group": args.name, "deleted": True}, f"group {args.name} deleted")
 
 
 def cmd_budgets_list(args: argparse.Namespace, settings: Settings) -> int:
+    from addons.store import governance as g
+
     gov = settings.governance
     report = with_store(settings, lambda gw: runtime.call(gw, "GET", ADMIN + "/budgets"),
                         lambda conn: g.budgets(conn, gov.budget_policy, gov.budget_period))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +65,8 @@ def _alive(pid: int) -> bool:
 
 def healthy(gateway: RunningGateway, timeout: float = 2.0) -> bool:
     """Whether the gateway answers its unauthenticated `/healthz` with 200 (ready)."""
+    import urllib.request  # here: urllib.request (http.client, email, ssl) costs ~10 ms at every CLI start
+
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(gateway.url + "/healthz", timeout=timeout) as response:
@@ -83,6 +83,9 @@ class GatewayApiError(Exception):
 
 def call(gateway: RunningGateway, method: str, path: str, body: Any = None, timeout: float = 60.0) -> Any:
     """Call the running gateway's admin API; raise GatewayApiError with its message on failure."""
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
         gateway.url + path, data=data, method=method,

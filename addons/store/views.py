@@ -15,7 +15,10 @@ views to exist on a read-only database.
 
 from __future__ import annotations
 
-import duckdb
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = [
     "SESSION_ID", "VIEWS", "VIEW_NAMES", "create_views", "interception_facts_sql", "session_summary_sql", "utc_day",
