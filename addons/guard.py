@@ -12,7 +12,8 @@ Three layers, each enough on its own to stop a relay:
 - `DefaultDeny` (last before the dump) refuses every request for which no aigw
   addon called `allow_upstream` — and every request whose target changed since.
 - `install_request_body_limit` bounds request bodies while they arrive (413),
-  chunked or not, before anything buffers them whole.
+  chunked or not, before anything buffers them whole, and answers a request refused
+  at its headers at once, without reading its body.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 import unicodedata
 import weakref
 from collections.abc import Callable, Generator
@@ -357,6 +359,10 @@ class DefaultDeny:
         # A streamed request goes upstream right after this hook: decide now.
         if flow.response is None and flow.request.stream and not self.permitted(flow):
             self.deny(flow)
+        if flow.response is not None:
+            # mitmproxy answers `Expect: 100-continue` right after this hook: a refused request gets its
+            # refusal instead (sent at once, see install_request_body_limit), never an invitation to upload.
+            flow.request.headers.pop("expect", None)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is None and not self.permitted(flow):
@@ -381,7 +387,10 @@ def install_request_body_limit() -> None:
         ErrorCode,
         HttpErrorHook,
         HttpRequestHeadersHook,
+        HttpRequestHook,
+        HttpResponseHeadersHook,
         HttpStream,
+        RequestHeaders,
         ResponseProtocolError,
         SendHttp,
     )
@@ -389,6 +398,33 @@ def install_request_body_limit() -> None:
     original = HttpStream.check_body_size
     if getattr(original, "_aigw_request_limit", False):
         return
+    original_wait = HttpStream.state_wait_for_request_headers
+
+    def answer_before_body(self: HttpStream) -> Generator[Command, Any, None]:
+        # An addon refused the request in `requestheaders` (401, 404, 400, …) while its body is still to
+        # come: mitmproxy would buffer that body whole (up to the limit) before answering. Answer now; what
+        # still arrives is read and dropped (the stream is gone), and HTTP/1 closes the connection after it.
+        response = self.flow.response
+        assert response is not None
+        if not (self.flow.request.is_http2 or self.flow.request.is_http3):
+            response.headers["connection"] = "close"
+        self.client_state = self.state_errored
+        yield HttpRequestHook(self.flow)
+        if (yield from self.check_killed(True)):
+            return
+        response.timestamp_start = time.time()
+        yield HttpResponseHeadersHook(self.flow)
+        if (yield from self.check_killed(True)):
+            return
+        yield from self.send_response()
+        yield from self.flow_done()
+
+    @functools.wraps(original_wait)
+    def state_wait_for_request_headers(self: HttpStream, event: Any) -> Generator[Command, Any, None]:
+        yield from original_wait(self, event)
+        if (isinstance(event, RequestHeaders) and not event.end_stream and self.flow.response is not None
+                and self.client_state == self.state_consume_request_body):
+            yield from answer_before_body(self)
 
     def refuse_large_request(self: HttpStream) -> Generator[Command, Any, bool]:
         limit = getattr(self.context.options, "aigw_max_body_size", 0)
@@ -423,6 +459,7 @@ def install_request_body_limit() -> None:
 
     check_body_size._aigw_request_limit = True  # type: ignore[attr-defined]
     HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
+    HttpStream.state_wait_for_request_headers = state_wait_for_request_headers  # type: ignore[method-assign]
 
 
 __all__ = ["DefaultDeny", "Guard", "Problem", "allow_upstream", "header_problem", "install_request_body_limit",

@@ -126,3 +126,46 @@ def test_bodies_under_the_limit_are_forwarded_chunked_or_not(small: Gateway, ups
     # The fake reads Content-Length bodies only (it answers "bad json" to the chunked one): that it was
     # reached with the chunked request proves the gateway took the whole body and forwarded it.
     assert upstream.requests[1].headers.get("transfer-encoding") == "chunked"
+
+
+def test_a_refused_request_is_answered_before_its_body(gateway: Gateway, upstream: FakeUpstream) -> None:
+    """No key needed to make the gateway buffer 30 MB: a request refused at its headers is answered at once,
+    its body is dropped as it arrives (not held), and the connection closes after it."""
+    rss_before = rss_kib(gateway)
+    size = 30 * 1024 * 1024  # under the default 32 MiB limit
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head("/api/v2/aibridge/anthropic/v1/messages", "aigw_00000000_not-a-key")
+                     + f"content-length: {size}\r\n\r\n".encode())
+        response = read_response(sock, "POST")  # before: waited for the whole body (timeout)
+        assert response.status == 401
+        assert response.headers["connection"] == "close"
+        assert orjson.loads(response.body)["error"]["type"] == "authentication_error"
+        piece = b"a" * (1024 * 1024)
+        for _ in range(size // len(piece)):
+            sock.sendall(piece)  # read and dropped
+        assert sock.recv(1) == b""  # closed once the body ended
+    assert rss_kib(gateway) - rss_before < 15 * 1024  # nothing like 30 MB was held
+    assert upstream.requests == []
+
+
+def test_a_refused_request_gets_no_100_continue(gateway: Gateway, upstream: FakeUpstream) -> None:
+    for path in ("/api/v2/aibridge/anthropic/v1/messages", "/api/v2/aibridge/nowhere/v1/messages",
+                 "/api/v2/aibridge/anthropic/v1/../v1/messages"):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+            sock.sendall(head(path, "aigw_00000000_not-a-key") + b"expect: 100-continue\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            response = read_response(sock, "POST")
+        assert response.status in (400, 401, 404), response  # the refusal, not "100 Continue"
+        assert response.headers["connection"] == "close"
+    assert upstream.requests == []
+
+
+def test_an_admitted_request_still_gets_100_continue(gateway: Gateway, upstream: FakeUpstream) -> None:
+    body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}]}'
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head("/api/v2/aibridge/anthropic/v1/messages", gateway.user_key)  # type: ignore[attr-defined]
+                     + f"expect: 100-continue\r\ncontent-length: {len(body)}\r\n\r\n".encode())
+        assert sock.recv(64).startswith(b"HTTP/1.1 100")
+        sock.sendall(body)
+        assert read_response(sock, "POST").status == 200
+    assert len(upstream.requests) == 1
