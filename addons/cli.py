@@ -293,6 +293,17 @@ def no_database(settings: Settings) -> str:
     return missing_state("database", settings.db, settings, settings.db_origin)
 
 
+def foreign_owner(settings: Settings) -> str | None:
+    """Why not to open the database here: its folder (or the home) belongs to another user (e.g. the
+    service's dynamic user and `sudo aigw …` while the service is stopped), and what this process would
+    write there (a new database, DuckDB's write-ahead log) would lock that user's gateway out."""
+    folder = next((p for p in (settings.db.parent, settings.home.path) if p.exists()), None)
+    if folder is None or (owner := folder.stat().st_uid) == os.geteuid():
+        return None
+    return (f"{folder} belongs to another user (uid {owner}): run this while its gateway runs (the CLI then goes "
+            f"through it) or as that user; files written there as uid {os.geteuid()} would lock it out")
+
+
 def with_store(settings: Settings, remote: Callable[[runtime.RunningGateway], Any],
                local: Callable[[Any], Any], *, create: bool = False) -> Any:
     """Run through the running gateway if there is one, else on the database directly.
@@ -308,6 +319,8 @@ def with_store(settings: Settings, remote: Callable[[runtime.RunningGateway], An
             return remote(gateway)
         if not settings.db.exists() and not (create and (settings.db_origin or settings.home.explicit)):
             fail(no_database(settings))
+        if (foreign := foreign_owner(settings)) is not None:
+            fail(foreign)
         from addons.store import db
 
         try:

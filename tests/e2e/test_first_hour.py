@@ -49,6 +49,7 @@ def aigw(*args: str, env: dict[str, str], cwd: Path, timeout: float = 90) -> sub
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     """The single stderr line of a failed command (asserting there is exactly one)."""
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert result.stdout == "", result.stdout
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
@@ -100,16 +101,15 @@ def user(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> It
     })
     started = aigw("serve", "--detach", "--aibridge-listen", f"127.0.0.1:{port}", env=env, cwd=start_dir)
     assert started.returncode == 0, started.stderr
+    assert started.stderr == f"aigw: warning: {TYPO_WARNING}\n"  # where the user looks, not only in aigw.log
     home = root / "state" / "aigw"
     match = re.fullmatch(rf"aigw: gateway running at http://127\.0\.0\.1:{port} \(pid (\d+)\); "
                          rf"log: {re.escape(str(home / 'aigw.log'))}; stop: aigw stop\n", started.stdout)
     assert match, started.stdout
     u = User(env, home, start_dir, other_dir, port, metrics_port, int(match[1]), prices)
     yield u
-    try:  # normally test_wait_and_stop stopped it already
-        os.kill(u.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    stopped = aigw("stop", env=env, cwd=other_dir)
+    assert stopped.returncode == 0, stopped.stderr
 
 
 def client(u: User, key: str, base: str = "/api/v2/aibridge/anthropic") -> anthropic.Anthropic:
@@ -148,6 +148,13 @@ def test_config_check_says_which_home_and_warns_about_typos(user: User) -> None:
     assert f"CA: {user.home / 'certs' / 'mitmproxy-ca-cert.pem'} (exists)" in lines
     assert f"prices: {user.prices}" in lines
     assert f"gateway: running at {user.url} (pid {user.pid})" in lines
+    [instance] = [json.loads(line) for line in lines if line.startswith("{")]
+    assert instance["name"] == "anthropic" and "…" in json.dumps(instance, ensure_ascii=False)
+    assert "\\u2026" not in out and "…" in out
+    assert "warning: --aibridge-otel-propagate-upstream" not in out
+    propagate = user.cli("config", "check", "--aibridge-otel-propagate-upstream", typo=False).stdout.splitlines()
+    assert propagate[1] == ("warning: --aibridge-otel-propagate-upstream does nothing: OpenTelemetry export is off "
+                            "(turn it on with --aibridge-otel or OTEL_EXPORTER_OTLP_ENDPOINT)")
     # Other commands warn on stderr; the gateway warned once at start, in its log.
     assert user.cli("keys", "list").stderr == f"aigw: warning: {TYPO_WARNING}\n"
     assert f"WARN  aigw: {TYPO_WARNING}" in (user.home / "aigw.log").read_text()
@@ -241,15 +248,47 @@ def test_every_metric_the_dashboard_queries_exists(user: User) -> None:
                      rf'version="{re.escape(__version__)}"\}} 1\.0$', exposed, re.MULTILINE)
 
 
-def test_wait_and_stop(user: User) -> None:
-    assert user.ok("wait") == f"aigw: gateway ready at {user.url}\n"
-    assert user.ok("stop") == f"aigw: stopped the gateway at {user.url} (pid {user.pid})\n"
-    assert one_line(user.cli("wait", "--timeout", "0.5", typo=False)).startswith(
-        "aigw: no gateway ready within 0.5 s")
-    assert one_line(user.cli("stop", typo=False)) == (
-        f"aigw: no gateway runs for {user.home / 'data' / 'aibridge.duckdb'} (home {user.home}: the per-user "
-        "state directory, as the current directory holds no aigw state); point elsewhere with --aibridge-home DIR "
-        "or CODER_AIBRIDGE_HOME=DIR")
+def test_detach_runs_aigw_not_the_addons_package_of_the_current_directory_then_wait_and_stop(
+        upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A project with its own `addons/` package: `aigw serve --detach` from there must still start aigw
+    (`python -m` would put the current directory first on sys.path). Its own gateway and home, so the
+    stop does not depend on the order of the other tests."""
+    project = tmp_path / "project"
+    (project / "addons").mkdir(parents=True)
+    pwned = tmp_path / "pwned"
+    (project / "addons" / "__init__.py").write_text("")
+    (project / "addons" / "__main__.py").write_text(f"open({str(pwned)!r}, 'w').write('ran')\n")
+    home, port = tmp_path / "home", free_port()
+    env = clean_env(CODER_AIBRIDGE_HOME=str(home), CODER_AIBRIDGE_ANTHROPIC_KEY=ANTHROPIC_PROVIDER_KEY,
+                    CODER_AIBRIDGE_ANTHROPIC_BASE_URL=upstream.url)
+    aigw_script = Path(sys.executable).with_name("aigw")  # the installed entry point, as a user runs it
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([aigw_script, *args], env=env, cwd=project, capture_output=True, text=True,
+                              timeout=90)
+
+    url = f"http://127.0.0.1:{port}"
+    started = run("serve", "--detach", "--aibridge-listen", f"127.0.0.1:{port}",
+                  "--aibridge-otel-propagate-upstream")
+    try:
+        assert started.returncode == 0, (started.stdout, started.stderr)
+        assert started.stderr == ("aigw: warning: --aibridge-otel-propagate-upstream does nothing: OpenTelemetry "
+                                  "export is off (turn it on with --aibridge-otel or OTEL_EXPORTER_OTLP_ENDPOINT)\n")
+        assert not pwned.exists()
+        pid = int(re.search(r"\(pid (\d+)\)", started.stdout)[1])  # type: ignore[index]
+        assert run("wait").stdout == f"aigw: gateway ready at {url}\n"
+        assert run("stop").stdout == f"aigw: stopped the gateway at {url} (pid {pid})\n"
+    finally:
+        if started.returncode == 0 and (m := re.search(r"\(pid (\d+)\)", started.stdout)):
+            try:
+                os.kill(int(m[1]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    assert one_line(run("wait", "--timeout", "0.5")).startswith("aigw: no gateway ready within 0.5 s")
+    assert one_line(run("stop")) == (
+        f"aigw: no gateway runs for {home / 'data' / 'aibridge.duckdb'} (home {home}: set by CODER_AIBRIDGE_HOME); "
+        "point elsewhere with --aibridge-home DIR or CODER_AIBRIDGE_HOME=DIR")
+    assert not pwned.exists()
 
 
 # -- without a gateway --------------------------------------------------------------------------
@@ -298,6 +337,22 @@ def test_first_key_before_the_first_start_needs_a_named_home(tmp_path: Path) -> 
     env.pop("CODER_AIBRIDGE_HOME")
     out = aigw("config", "check", env=env, cwd=tmp_path / "home").stdout
     assert f"home: {tmp_path / 'home'} (the current directory holds data/aibridge.duckdb)" in out.splitlines()
+
+
+def test_keys_create_refuses_a_home_that_belongs_to_another_user(tmp_path: Path) -> None:
+    """`sudo aigw keys create` while the systemd service (DynamicUser) is stopped would leave root-owned
+    database files its gateway cannot open: refused, with the way that works."""
+    if os.geteuid() != 0:
+        pytest.skip("giving the home to another user needs root")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"), CODER_AIBRIDGE_HOME=str(home))
+    result = aigw("keys", "create", "--user", "alice", "--admin", env=env, cwd=tmp_path)
+    assert one_line(result) == (
+        f"aigw: {home} belongs to another user (uid 65534): run this while its gateway runs (the CLI then goes "
+        "through it) or as that user; files written there as uid 0 would lock it out")
+    assert list(home.iterdir()) == []
 
 
 def test_version_and_python_m_addons(tmp_path: Path) -> None:
