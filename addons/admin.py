@@ -32,10 +32,15 @@ from addons.store import keys as keystore
 from addons.store.prices import missing_prices
 from addons.store.query import QueryError, run_query
 from addons.store.snapshot import write_snapshot
+from addons.wire.encoding import BodyError, decode_body
 
 log = logging.getLogger("aigw.admin")
 
 ANALYST_THREADS = 2
+
+# Admin API bodies are small JSON objects (a key, a query, a setting).
+MAX_ADMIN_BODY = 1024 * 1024
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, error_type: str) -> None:
@@ -336,8 +341,13 @@ def _ip(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _json_body(flow: http.HTTPFlow) -> dict[str, Any]:
+    try:  # never `request.content`: it would decode a compressed body whole (addons/wire/encoding.py)
+        content = decode_body(flow.request.raw_content or b"", flow.request.headers.get("content-encoding", ""),
+                              MAX_ADMIN_BODY)
+    except BodyError as e:
+        raise ApiError(e.status, e.message, e.error_type) from None
     try:
-        body = orjson.loads(flow.request.content or b"{}")
+        body = orjson.loads(content or b"{}")
     except orjson.JSONDecodeError:
         raise ApiError(400, "request body is not JSON", "invalid_request_error") from None
     if not isinstance(body, dict):

@@ -38,7 +38,7 @@ import orjson
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
-from addons.config import BedrockSettings, Instance, Settings
+from addons.config import DEFAULT_MAX_BODY_SIZE, BedrockSettings, Instance, Settings
 from addons.context import FlowContext
 from addons.providers.bedrock import (
     BedrockCredentials,
@@ -51,6 +51,7 @@ from addons.providers.bedrock import (
 from addons.upstream import Refusal, Upstream
 from addons.wire import anthropic, converse
 from addons.wire.converse import ConverseStreamParser, InvokeStreamParser
+from addons.wire.encoding import BodyError, decode_body
 from addons.wire.eventstream import BedrockToAnthropicSSE
 from addons.wire.model import RequestInfo, ResponseSummary
 from addons.wire.sse import SSEEvent
@@ -176,7 +177,11 @@ class BedrockUpstream:
     def _count_tokens(self, flow: http.HTTPFlow, ctx: FlowContext) -> Refusal | None:
         """Anthropic count_tokens -> Bedrock CountTokens over the InvokeModel body it would send."""
         try:
-            body = orjson.loads(flow.request.get_content(strict=False) or b"")
+            # A count_tokens body, decoded with a cap (never `get_content()`: a gzip bomb decodes whole).
+            body = orjson.loads(decode_body(flow.request.raw_content or b"", flow.request.headers.get(
+                "content-encoding", ""), DEFAULT_MAX_BODY_SIZE) or b"")
+        except BodyError as e:
+            return Refusal(e.status, e.message, e.error_type)
         except (orjson.JSONDecodeError, ValueError):
             body = None
         if not isinstance(body, dict):

@@ -40,6 +40,7 @@ from addons.records import (
 from addons.routing import inject_credential, json_response
 from addons.upstream import UPSTREAM_ERROR, Refusal, Upstream, client_left
 from addons.wire import anthropic, chat, responses
+from addons.wire.encoding import BodyError, decode_body
 from addons.wire.model import RequestInfo, ResponseSummary
 from addons.wire.sse import SSEDecoder, SSEEvent, lone_block
 
@@ -193,7 +194,12 @@ class Interceptor:
             return
         api = ctx.route.api
         assert api is not None
-        body = self.parse_body(flow)
+        try:
+            body = self.parse_body(flow)
+        except BodyError as e:
+            self.start(flow, ctx, RequestInfo(), None)
+            self.reject(flow, ctx, e.status, e.message, e.error_type)
+            return
         if body is None:
             self.start(flow, ctx, RequestInfo(), None)
             self.reject(flow, ctx, 400, "request body is not a JSON object", "invalid_request_error")
@@ -212,11 +218,14 @@ class Interceptor:
             allow_upstream(flow)
 
     def parse_body(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
+        """The request's JSON object, None if it is none; BodyError for an encoding it cannot be read in."""
         raw = flow.request.raw_content or b""
-        if len(raw) > mitm_ctx.options.aigw_max_body_size:
+        limit = mitm_ctx.options.aigw_max_body_size
+        if len(raw) > limit:
             return None
+        content = decode_body(raw, flow.request.headers.get("content-encoding", ""), limit)
         try:
-            body = orjson.loads(flow.request.get_content(strict=False) or b"")
+            body = orjson.loads(content or b"")
         except (orjson.JSONDecodeError, ValueError):
             return None
         return body if isinstance(body, dict) else None

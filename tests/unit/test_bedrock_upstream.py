@@ -50,10 +50,11 @@ def upstream(model: str = SONNET, credentials: BedrockCredentials | None = None)
 
 def flow_and_ctx(path: str = "/v1/messages", body: dict[str, Any] | None = None, *, byok: bool = False,
                  **headers: str) -> tuple[http.HTTPFlow, FlowContext]:
-    request = tutils.treq(method=b"POST", path=path.encode(), content=orjson.dumps(body or {}),
+    method = "GET" if path.startswith("/v1/models") else "POST"  # pass-through routes take their own methods
+    request = tutils.treq(method=method.encode(), path=path.encode(), content=orjson.dumps(body or {}),
                           headers=http.Headers(host="127.0.0.1:8888", **headers))
     flow = tflow.tflow(req=request)
-    route = ANTHROPIC.route("POST", path)
+    route = ANTHROPIC.route(method, path)
     assert route is not None
     ctx = FlowContext(instance=upstream().instance, provider=ANTHROPIC, route=route, api_path=path, query="",
                       identity=Identity("u1", "alice", "k1", False), byok=byok,
