@@ -311,7 +311,9 @@ def proxy_password(header: str | None) -> str:
         raise ProxyAuthError("proxy authentication required: set HTTPS_PROXY=http://aigw:<gateway key>@host:port")
     scheme, _, blob = header.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise ProxyAuthError(f"unsupported proxy authentication scheme {scheme[:20]!r} (use Basic)")
+        # Never echoed: a client that sends the bare key has its first characters where the scheme goes.
+        raise ProxyAuthError("unsupported proxy authentication scheme (use Basic: "
+                             "HTTPS_PROXY=http://aigw:<gateway key>@host:port)")
     try:
         decoded = base64.b64decode(blob.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
