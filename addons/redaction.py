@@ -74,31 +74,53 @@ def redact_header_value(name: str, value: str) -> str:
 
 def is_sensitive_query_name(name: str) -> bool:
     """Whether a (raw, possibly percent-encoded) query parameter name carries a credential."""
-    # Decode so `%6Bey` or `api%5Fkey` cannot slip past; `+` is a space in query strings.
-    lowered = unquote_plus(name).strip().lower()
+    lowered = _query_name(name)
     return lowered in _SENSITIVE_QUERY or _SENSITIVE_NAME.search(lowered) is not None
+
+
+def _query_name(name: str) -> str:
+    # Decoded so `%6Bey` or `api%5Fkey` cannot slip past (`+` is a space in query strings); `key[]` and
+    # `key[0]` are `key` to the frameworks that read them.
+    return _BRACKETS.sub("", unquote_plus(name).strip().lower())
+
+
+_BRACKETS = re.compile(r"(\[[^\]]*\])+$")
+# `;` separates parameters too for some servers (and for Python's parse_qs before 3.10).
+_SEPARATORS = re.compile(r"([&;])")
+
+
+def _query_parts(query: str) -> list[tuple[str, str, str, str]]:
+    """`a=1;b&c=` -> [("", "a", "=", "1"), (";", "b", "", ""), ("&", "c", "=", "")]: separator, name, `=`, value."""
+    tokens = _SEPARATORS.split(query)
+    return [(tokens[i - 1] if i else "", *tokens[i].partition("=")) for i in range(0, len(tokens), 2)]
+
+
+def _carries_credential(name: str, value: str, names: frozenset[str] | None) -> bool:
+    """By name (`names`, or any credential-like name when None), or by a gateway-key-shaped value."""
+    if looks_like_gateway_key(unquote_plus(value)):
+        return True
+    lowered = _query_name(name)
+    return lowered in names if names is not None else (
+        lowered in _SENSITIVE_QUERY or _SENSITIVE_NAME.search(lowered) is not None)
 
 
 def redact_query(query: str) -> str:
     """`a=1&key=s3cret` -> `a=1&key=[REDACTED]`; order and everything else untouched."""
     if not query:
         return query
-    parts = query.split("&")
-    for i, part in enumerate(parts):
-        name, eq, value = part.partition("=")
-        if eq and value and is_sensitive_query_name(name):
-            parts[i] = f"{name}={REDACTED}"
-    return "&".join(parts)
+    return "".join(sep + name + eq + (REDACTED if value and _carries_credential(name, value, None) else value)
+                   for sep, name, eq, value in _query_parts(query))
 
 
 def strip_credential_query(query: str) -> str:
     """`a=1&key=s3cret` -> `a=1`: credential parameters removed before a request goes upstream.
 
-    Only the known credential names are removed (display redaction is broader) so that an
-    ordinary parameter such as `page_token` still reaches the provider.
+    Removed: the known credential names (display redaction is broader, so that an ordinary parameter
+    such as `page_token` still reaches the provider) and any gateway-key-shaped value, whatever its name.
     """
-    return "&".join(p for p in query.split("&")
-                    if p and unquote_plus(p.partition("=")[0]).strip().lower() not in _SENSITIVE_QUERY)
+    kept = [(sep, name + eq + value) for sep, name, eq, value in _query_parts(query)
+            if (name or value) and not _carries_credential(name, value, _SENSITIVE_QUERY)]
+    return "".join((sep if i else "") + part for i, (sep, part) in enumerate(kept))
 
 
 def redact_url(url: str) -> str:

@@ -81,3 +81,24 @@ def test_query_credentials_are_never_written(gw: Gateway, upstream: FakeUpstream
     assert list((gw.workdir / "dumps").rglob("*.req.txt")) and (gw.workdir / "aigw.log.json").stat().st_size
     for secret in (key, OTHER_SECRET):
         assert not [text[:200] for text in written if secret in text]
+
+
+def test_credentials_behind_semicolons_brackets_or_any_name_are_removed(gw: Gateway, upstream: FakeUpstream) -> None:
+    """`;` separates parameters for some servers, `key[]` is `key` to many frameworks, and a gateway key
+    goes nowhere whatever parameter carries it: removed before upstream and never written."""
+    key: str = gw.user_key  # type: ignore[attr-defined]
+    body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    for query in (f"beta=true;key={key}", f"key[]={key}", f"beta=true&key%5B0%5D={key}", f"beta=true&q={key}",
+                  f"beta=true&whatever={key.replace('_', '%5F')};x=1"):
+        response = exchange(gw.port, f"POST /api/v2/aibridge/anthropic/v1/messages?{query} HTTP/1.1\r\nHost: x\r\n"
+                            f"x-api-key: {key}\r\ncontent-type: application/json\r\n"
+                            f"content-length: {len(body)}\r\n\r\n".encode() + body, "POST")
+        assert response.status == 200
+    paths = [r.path for r in upstream.requests]
+    assert paths == ["/v1/messages?beta=true", "/v1/messages", "/v1/messages?beta=true",
+                     "/v1/messages?beta=true", "/v1/messages?beta=true;x=1"]
+    secret = key.split("_", 2)[2]
+    written = [gw.output(), *(p.read_text(errors="replace") for p in gw.workdir.rglob("*") if p.is_file()
+                              and (p.suffix in (".log", ".json", ".txt") or "dumps" in p.parts))]
+    written.append(json.dumps(gw.query("select * from aibridge_interceptions"), default=str))
+    assert not [text for text in written if secret in text]
