@@ -3,7 +3,10 @@
     .venv/bin/python scripts/analysts_measure.py DIR/aibridge.duckdb [--http] [--repeat 1]
 
 Each command runs once per repeat as a fresh `aigw` process (cold: new process,
-new DuckDB instance; the OS page cache is whatever it is). Wall time, CPU time
+new DuckDB instance; the OS page cache is whatever it is), started like the `aigw`
+script (`python -m addons`) with the package's bytecode compiled first, as an install
+has it (with PYTHONDONTWRITEBYTECODE a checkout would recompile every changed module
+in every command). Wall time, CPU time
 (user+sys) and peak RSS come from wait4()'s rusage of that child alone.
 
 With --http a gateway is started on the database first, so the same commands go
@@ -28,7 +31,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-AIGW = [sys.executable, "-m", "addons.cli"]
+AIGW = [sys.executable, "-m", "addons"]
 
 QUERY = ("select model, count(*), sum(t.input_tokens) from aibridge_interceptions i "
          "join aibridge_token_usages t on t.interception_id = i.id group by 1 order by 1")
@@ -133,6 +136,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--only", help="comma-separated command labels prefixes to run")
     args = ap.parse_args()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "addons")], check=True,
+                   stdout=subprocess.DEVNULL)
     out = Path(tempfile.mkdtemp()) / "r.html"
     gateway = None
     port = free_port() if args.http else None
