@@ -273,3 +273,26 @@ def test_web_refuses_several_workers(tmp_path: Path, upstream: FakeUpstream) -> 
     assert result.stderr.strip().splitlines() == [
         "aigw: aigw web runs one process (its UI shows the flows of the process it runs in); "
         "use aigw serve --workers for several"]
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie nobody reaps counts: it no longer runs)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_workers_stop_when_the_primary_dies(tmp_path: Path, upstream: FakeUpstream) -> None:
+    gateway = Gateway(tmp_path, clean_env(**provider_env(upstream.url)), ["--workers", "2"])
+    gateway.start()
+    try:
+        worker = worker_pid(gateway, 1)
+        wait_until(lambda: "aigw worker 1 listening" in gateway.output(), what="worker 1 serving")
+        assert gateway.proc is not None
+        gateway.proc.kill()  # SIGKILL: no chance to stop its workers
+        wait_until(lambda: gone(worker), timeout=30, what="the orphaned worker to stop")
+        assert "worker 1 lost the primary process: shutting down" in gateway.output()
+    finally:
+        gateway.stop()
