@@ -221,8 +221,8 @@ def replica_addons(settings: Settings, recorder: Recorder, keys: KeyCache, gover
         return [RollupRefresher(recorder)]
     from addons.replicas import LakeMaintenance, LakeSync
 
-    return [LakeSync(recorder.writer, keys, governance),
-            LakeMaintenance(recorder, lake.replica_id(settings.home.path))]
+    holder = lake.replica_id(settings.home.path)
+    return [LakeSync(recorder, keys, governance, holder), LakeMaintenance(recorder, holder)]
 
 
 def retention_lease(settings: Settings) -> Callable[[Any, float], bool] | None:

@@ -34,6 +34,7 @@ ALIAS = "aibridge"  # the name the lake is attached under while it is created or
 PG_ALIAS = "aigw_catalog"  # the PostgreSQL catalog database itself, for leases
 EXTENSIONS = ("ducklake", "postgres", "httpfs")
 LEASE_TABLE = "aigw_leases"
+REPLICA_LEASE = "replica:"  # + the replica's name: its heartbeat
 MIGRATE_ATTEMPTS = 10  # replicas starting together race on CREATE TABLE; the loser retries
 _SECRET_RE = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
@@ -214,8 +215,12 @@ def _migrate(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """A commit that lost to another replica's (DuckLake's optimistic concurrency); it can simply run again."""
-    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
+    """A commit that lost to another replica's (DuckLake's optimistic concurrency, or PostgreSQL's own
+    serialization failure in the catalog); nothing was written, it can simply run again."""
+    if not isinstance(exc, duckdb.Error):
+        return False
+    text = str(exc).lower()
+    return ("conflict" in text and isinstance(exc, duckdb.TransactionException)) or "could not serialize" in text
 
 
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
@@ -234,7 +239,7 @@ def retry_conflicts(conn: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDB
             result = fn(conn)
             conn.execute("COMMIT")
             return result
-        except duckdb.TransactionException as exc:
+        except duckdb.Error as exc:
             _rollback(conn)
             if not is_conflict(exc) or attempt == attempts - 1:
                 raise
@@ -258,6 +263,19 @@ def take_lease(conn: duckdb.DuckDBPyConnection, name: str, holder: str, ttl: flo
     row = conn.execute(f"SELECT holder FROM postgres_query('{PG_ALIAS}', ?)",
                        [f"SELECT holder FROM {LEASE_TABLE} WHERE name = {_quote(name)}"]).fetchone()
     return row is not None and row[0] == holder
+
+
+def expired_replicas(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Replicas whose heartbeat lease expired."""
+    rows = conn.execute(f"SELECT holder FROM postgres_query('{PG_ALIAS}', ?)", [
+        f"SELECT holder FROM {LEASE_TABLE} WHERE name LIKE '{REPLICA_LEASE}%' AND expires_at < now()"]).fetchall()
+    return [r[0] for r in rows]
+
+
+def forget_replica(conn: duckdb.DuckDBPyConnection, replica: str) -> None:
+    """Drop an expired replica's heartbeat (a replica back since then has renewed it: kept)."""
+    conn.execute(f"CALL postgres_execute('{PG_ALIAS}', ?)", [
+        f"DELETE FROM {LEASE_TABLE} WHERE name = {_quote(REPLICA_LEASE + replica)} AND expires_at < now()"])
 
 
 def maintain(conn: duckdb.DuckDBPyConnection, keep_snapshots: float) -> None:

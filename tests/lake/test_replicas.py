@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def lake_env(catalog: str, data_path: str, s3: S3 | None, upstream: FakeUpstream
     return env
 
 
-def replica(workdir: Path, env: dict[str, str]) -> Gateway:
-    gw = Gateway(workdir, env)
+def replica(workdir: Path, env: dict[str, str], extra_args: tuple[str, ...] = ()) -> Gateway:
+    gw = Gateway(workdir, env, extra_args)
     gw.env["CODER_AIBRIDGE_DB"] = env["CODER_AIBRIDGE_DB"]  # Gateway points it at a file by default
     return gw
 
@@ -73,8 +74,10 @@ def upstream() -> Iterator[FakeUpstream]:
 def replicas(postgres: Postgres, s3: S3, upstream: FakeUpstream,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Gateway]]:
     env = lake_env(postgres.create_db(), f"s3://{s3.bucket()}/aigw/", s3, upstream)
-    a = replica(tmp_path_factory.mktemp("replica-a"), env)
-    b = replica(tmp_path_factory.mktemp("replica-b"), env)
+    # Short timers, so that the tests see a dead replica's heartbeat expire and the upkeep run.
+    timers = ("--set", "aigw_lake_replica_timeout=3s", "--set", "aigw_lake_maintenance_interval=5s")
+    a = replica(tmp_path_factory.mktemp("replica-a"), env, timers)
+    b = replica(tmp_path_factory.mktemp("replica-b"), env, timers)
     a.admin_key = a.create_key("root", admin=True)  # type: ignore[attr-defined]
     a.user_key = a.create_key("alice")  # type: ignore[attr-defined]
     a.start()
@@ -163,8 +166,8 @@ def test_keys_and_revocation_reach_every_replica(replicas: tuple[Gateway, Gatewa
     assert status_on(b, 401) == 401
 
 
-def test_replica_killed_mid_stream_is_ended_on_restart(replicas: tuple[Gateway, Gateway],
-                                                       upstream: FakeUpstream) -> None:
+def test_replica_killed_mid_stream_is_ended_by_the_survivor(replicas: tuple[Gateway, Gateway],
+                                                             upstream: FakeUpstream) -> None:
     a, b = replicas
     key = a.user_key  # type: ignore[attr-defined]
     gate = Gate(timeout=20)
@@ -192,14 +195,16 @@ def test_replica_killed_mid_stream_is_ended_on_restart(replicas: tuple[Gateway, 
     b.proc.wait(10)
     gate.open()
     t.join(30)
-    # Replica a keeps serving; the open row stays open (b's, b may come back) until b restarts.
+    # Replica a keeps serving, and ends b's open interception once b's heartbeat (3 s here) expired.
     assert message(a, key, HELLO).status_code == 200
-    b.log.close()
-    b.start()
     rows = wait_rows(a, f"select status, json_extract_string(metadata, '$.error') as error "
                         f"from aibridge_interceptions where id = '{open_row[0]['id']}'",
                      lambda r: r and r[0]["status"] is not None)
-    assert rows == [{"status": "failed", "error": "gateway stopped before the interception ended"}]
+    assert rows == [{"status": "failed", "error": "gateway stopped before the interception ended"}], a.output()[-3000:]
+    assert "stopped sending heartbeats: ended 1 interception(s)" in a.output()
+    b.log.close()
+    b.start()  # back under the same name: nothing of its own left open, it serves again
+    assert message(b, key, HELLO).status_code == 200
 
 
 def test_postgres_down_replicas_serve_and_spool(replicas: tuple[Gateway, Gateway], postgres: Postgres) -> None:
@@ -207,8 +212,9 @@ def test_postgres_down_replicas_serve_and_spool(replicas: tuple[Gateway, Gateway
     says why; once PostgreSQL is back every record is in the lake exactly once."""
     a, b = replicas
     key = a.user_key  # type: ignore[attr-defined]
-    counts = "select count(*) as n, count(ended_at) as ended from aibridge_interceptions"
-    before = wait_rows(a, counts, lambda r: r[0]["n"] == r[0]["ended"])[0]["n"]
+    since = datetime.now(UTC).isoformat()  # the rows of this test: started from now on
+    counts = ("select count(*) as n, count(ended_at) as ended, count(distinct id) as ids from aibridge_interceptions "
+              f"where started_at >= '{since}'::TIMESTAMPTZ")
     postgres.stop()
     try:
         assert [message(gw, key, HELLO).status_code for gw in (a, b) for _ in range(5)] == [200] * 10
@@ -225,14 +231,33 @@ def test_postgres_down_replicas_serve_and_spool(replicas: tuple[Gateway, Gateway
         assert not_ready(a) and not_ready(b)
     finally:
         postgres.start()
-    rows = wait_rows(a, counts, lambda r: r[0]["ended"] == before + 10, timeout=60)
-    assert rows == [{"n": before + 10, "ended": before + 10}]
+    rows = wait_rows(a, counts, lambda r: r[0]["ended"] == 10, timeout=60)
+    assert rows == [{"n": 10, "ended": 10, "ids": 10}]
     for gw in (a, b):
         assert wait_rows(gw, "select 1 as ok", bool)  # the admin query works again
         deadline = time.monotonic() + 30
         while httpx.get(gw.url + "/readyz", timeout=5, trust_env=False).status_code != 200:
             assert time.monotonic() < deadline, "replica did not become ready again"
             time.sleep(0.2)
+
+
+def test_upkeep_runs_on_one_replica_at_a_time(replicas: tuple[Gateway, Gateway]) -> None:
+    """Both replicas try every 5 s; the lease holder rolls up and compacts, the other skips."""
+    a, b = replicas
+    marks = {gw: len(gw.output()) for gw in (a, b)}
+
+    def since(gw: Gateway) -> str:  # this test's log lines only
+        return gw.output()[marks[gw]:]
+
+    deadline = time.monotonic() + 30
+    while "lake maintenance done" not in since(a) + since(b):
+        assert time.monotonic() < deadline, "no upkeep ran"
+        time.sleep(0.5)
+    time.sleep(6)  # another round
+    ran = ["lake maintenance done" in since(gw) for gw in (a, b)]
+    assert sorted(ran) == [False, True]  # the lease (63 s here) keeps it on one replica
+    logs = since(a) + since(b)
+    assert "lake maintenance failed" not in logs, logs[logs.find("lake maintenance failed"):][:3000]
 
 
 def test_analyst_attaches_the_lake(replicas: tuple[Gateway, Gateway], postgres: Postgres, s3: S3) -> None:
