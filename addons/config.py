@@ -458,8 +458,8 @@ _OPTIONS = (
         "analytics_memory_limit",
         "CODER_AIBRIDGE_ANALYTICS_MEMORY_LIMIT",
         "--aibridge-analytics-memory-limit",
-        "DuckDB memory limit of the analysts' CLI commands on the database, e.g. 512MiB (default 1GiB; "
-        "larger intermediates spill to disk)",
+        "DuckDB memory limit of the analysts' CLI commands on the database and of the gateway's own "
+        "database (writer and admin queries), e.g. 512MiB (default 1GiB; larger intermediates spill to disk)",
         metavar="SIZE",
     ),
     _Opt(

@@ -61,7 +61,9 @@ class Recorder:
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         shared = self.settings.lake
-        conn = lake.connect(shared) if shared else db.connect(self.settings.db)
+        # The admin query endpoint shares this instance: bounded like the analysts' CLI reads.
+        limits = db.instance_limits(self.settings.analytics_memory_limit)
+        conn = lake.connect(shared, limits=limits) if shared else db.connect(self.settings.db, limits=limits)
         try:
             if shared:  # replicas starting together replace the views at the same time: retry the loser
                 lake.retry_conflicts(conn, create_views)

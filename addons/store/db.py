@@ -116,6 +116,13 @@ def connect(
     return conn
 
 
+def instance_limits(memory_limit: int) -> dict[str, Any]:
+    """`connect(limits=)` for a database the admin query endpoint runs SQL on: DuckDB's defaults (80% of
+    RAM, temp files up to 90% of the disk) let one `select list(range(1e9))` take the host; with these it
+    gets an out-of-memory error. Spilling stays possible, up to 4x the memory limit on disk."""
+    return {"memory_limit": f"{memory_limit}B", "max_temp_directory_size": f"{4 * memory_limit}B"}
+
+
 def lock_down(conn: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[Path | str] = ()) -> None:
     """From now on, no SQL on this database reads or writes other files, the network or extensions.
 
@@ -128,6 +135,9 @@ def lock_down(conn: duckdb.DuckDBPyConnection, allowed_dirs: Iterable[Path | str
     """
     dirs = [d if isinstance(d, str) and "://" in d else str(Path(d).resolve()) + os.sep for d in allowed_dirs]
     conn.execute("SET allowed_directories = ?", [dirs])
+    # Extensions load only as the gateway chose before this (DuckLake's): none by a query's mention.
+    conn.execute("SET autoinstall_known_extensions = false")
+    conn.execute("SET autoload_known_extensions = false")
     conn.execute("SET enable_external_access = false")
     conn.execute("SET lock_configuration = true")
 

@@ -305,3 +305,30 @@ def test_a_failing_query_handler_answers_json_itself(tmp_path: Path, monkeypatch
     assert flow.response.headers["content-type"] == "application/json"
     assert json.loads(flow.response.content)["error"] == {"type": "api_error", "message": "internal error",
                                                           "code": None}
+
+
+@pytest.fixture(scope="module")
+def small_memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    from tests.gateway_process import clean_env
+
+    gw = Gateway(tmp_path_factory.mktemp("small-memory"), clean_env(CODER_AIBRIDGE_ANALYTICS_MEMORY_LIMIT="128MiB"))
+    gw.admin_key = gw.create_key("root", admin=True)  # type: ignore[attr-defined]
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def test_an_admin_query_cannot_take_the_hosts_memory(small_memory: Gateway) -> None:
+    """The query endpoint shares the writer's DuckDB instance: it is bounded (analytics memory limit), so
+    a huge result is DuckDB's out-of-memory error, not a gateway killed by the kernel."""
+    # A 1 GB string: DuckDB's default limit (80% of RAM) would let it through on most hosts.
+    response = query(small_memory, "select string_agg(repeat('x', 1000000), '') as s from range(1000)")
+    assert response.status_code == 400, response.text[:200]
+    assert "out of memory" in response.json()["error"]["message"].lower()
+    settings = query(small_memory, "select current_setting('memory_limit') as m, "
+                                   "current_setting('autoload_known_extensions') as autoload, "
+                                   "current_setting('autoinstall_known_extensions') as autoinstall")
+    assert settings.status_code == 200, settings.text
+    assert settings.json()["rows"][0][1:] == [False, False]
+    assert httpx.get(small_memory.url + "/healthz", trust_env=False).status_code == 200
+    assert small_memory.query("select count(*) as n from aibridge_interceptions") == [{"n": 0}]
