@@ -86,6 +86,7 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CTL_TEXT = re.compile(r"[\x00-\x1f\x7f]")
 _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
 _REQUEST_TARGET = re.compile(rb"[\x21-\x7e]*")
+_PERCENT_U = re.compile(r"%u", re.IGNORECASE)
 # Decoding rounds before a path counts as suspiciously nested (`%25252e` is three).
 _DECODE_ROUNDS = 4
 
@@ -145,7 +146,8 @@ def path_problem(path: str) -> str | None:
     """Why a request path must not be routed, or None.
 
     Refused, raw or percent-encoded to any depth and in any case: `.` and `..`
-    segments, backslashes, empty segments (`//`) and control characters. The
+    segments, backslashes, empty segments (`//`) and control characters; and
+    `%u` escapes and percent-encoded bytes that are not valid UTF-8 (overlong `%c0%ae`). The
     check runs on every decoding of the path (and its NFKC form), so an upstream
     that decodes or normalises differently still cannot resolve it elsewhere.
     """
@@ -162,11 +164,17 @@ def path_problem(path: str) -> str | None:
             why = _segments_problem(unicodedata.normalize("NFKC", decoded))
         if why is None and _CTL_TEXT.search(decoded):
             why = "a control character"
+        if why is None and _PERCENT_U.search(decoded):
+            why = "a %u escape"  # IIS-style `%u002e`: decoded by some servers, never valid percent-encoding
         if why is not None:
             return f"the request path contains {why}"
         if "%" not in decoded:
             return None
-        undone = unquote(decoded)
+        try:
+            # Overlong (`%c0%ae`) or otherwise invalid UTF-8 would decode to U+FFFD here and to `.` elsewhere.
+            undone = unquote(decoded, errors="strict")
+        except UnicodeDecodeError:
+            return "the request path contains percent-encoding that is not valid UTF-8"
         if undone == decoded:
             return None
         decoded = undone

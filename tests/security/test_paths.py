@@ -39,6 +39,15 @@ TRAVERSALS = [
     f"{A}//v1/messages",
     f"{O}/v1/responses/./x",
     f"{O}/v1/models/%EF%BC%8E%EF%BC%8E/chat/completions",
+    # Overlong UTF-8 dots and IIS-style %u escapes (servers that decode them see `..`).
+    f"{A}/v1/models/%c0%ae%c0%ae/messages",
+    f"{A}/v1/models/%C0%AE./messages",
+    f"{A}/v1/models/%e0%80%ae%e0%80%ae/messages",
+    f"{A}/v1/models/%25c0%25ae%25c0%25ae/messages",
+    f"{A}/v1/models/%u002e%u002e/messages",
+    f"{A}/v1/models/%U002E%U002E%u2215messages",
+    f"{A}/v1/models/%25u002e%25u002e/messages",
+    f"{O}/v1/models/%ff/chat/completions",
 ]
 
 
