@@ -375,7 +375,8 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
             assert admin is not None
             supervisor.start(admin, governance)
         runtime.write(settings.db, runtime.RunningGateway(url=url, pid=os.getpid(), token=keys.admin_token))
-        log.info("aigw listening on %s (database %s%s)", url, settings.db,
+        log.info("aigw listening on %s (database %s%s)", url,
+                 f"DuckLake {lake.describe(settings.lake)}" if settings.lake else settings.db,
                  f"; {settings.workers} workers" if supervisor is not None else "")
     # Everything loaded so far (mitmproxy, DuckDB, botocore's models, prices) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise pause every stream.
