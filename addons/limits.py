@@ -110,6 +110,9 @@ class SlidingWindow:
         return not self.entries
 
 
+_EPSILON = 1e-9  # float noise: 2.32 - 0.32 is 1.9999999999999998, and half of it must still be a whole token
+
+
 class TokenBucket:
     """`rate` requests per second with a burst of `rate` (Coder's per-IP rate limit, per process)."""
 
@@ -128,14 +131,14 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 - _EPSILON:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
 
     def retry_after(self, now: float) -> float:
         self._refill(now)
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= 1.0 - _EPSILON else (1.0 - self.tokens) / self.rate
 
     def full(self, now: float) -> bool:
         self._refill(now)

@@ -96,6 +96,8 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory, metrics
 
 def create_key(gw: Gateway, user: str) -> str:
     out = gw.cli("keys", "create", "--user", user, "--json")  # the admin API, on whichever worker it lands
+    # Keys reach every worker within a second (as revocations do); until then another worker may not know it.
+    time.sleep(1.0)
     return json.loads(out.stdout)["key"]
 
 
