@@ -700,6 +700,20 @@ def parse_duration(text: str, name: str, zero: str | None = None) -> timedelta |
     return total or None
 
 
+def option_seconds(text: str, name: str, *, allow_zero: bool = False, example: str = "10m") -> float:
+    """An `aigw_*` mitmproxy option holding a duration, in seconds; mitmproxy's OptionsError naming it
+    when invalid. 0 is refused unless `allow_zero`."""
+    from mitmproxy import exceptions  # only the gateway's addons call this: the CLI never loads mitmproxy
+
+    try:
+        value = parse_duration(text, name)
+    except ConfigError as e:
+        raise exceptions.OptionsError(str(e)) from None
+    if value is None and not allow_zero:
+        raise exceptions.OptionsError(f"{name} must be a positive duration, e.g. {example}")
+    return 0.0 if value is None else value.total_seconds()
+
+
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 

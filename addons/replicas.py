@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from addons.auth import KeyCache
-from addons.config import ConfigError, parse_duration
+from addons.config import option_seconds
 from addons.governance import Governance
 from addons.recorder import Recorder
 from addons.store import governance as governance_store
@@ -51,16 +51,11 @@ class LakeSync:
                           "interceptions it left open (status failed).")
 
     def configure(self, updated: set[str]) -> None:
-        from mitmproxy import ctx, exceptions
+        from mitmproxy import ctx
 
         if "aigw_lake_replica_timeout" in updated:
-            try:
-                value = parse_duration(ctx.options.aigw_lake_replica_timeout, "aigw_lake_replica_timeout")
-            except ConfigError as e:
-                raise exceptions.OptionsError(str(e)) from None
-            if value is None:
-                raise exceptions.OptionsError("aigw_lake_replica_timeout must be a positive duration, e.g. 60s")
-            self.replica_timeout = value.total_seconds()
+            self.replica_timeout = option_seconds(ctx.options.aigw_lake_replica_timeout,
+                                                  "aigw_lake_replica_timeout", example="60s")
 
     def running(self) -> None:
         if not self.tasks:
@@ -166,20 +161,13 @@ class LakeMaintenance:
                           "How long DuckLake snapshots (time travel) are kept before the upkeep expires them.")
 
     def configure(self, updated: set[str]) -> None:
-        from mitmproxy import ctx, exceptions
+        from mitmproxy import ctx
 
-        for name in ("aigw_lake_maintenance_interval", "aigw_lake_keep_snapshots"):
-            if name in updated:
-                try:
-                    value = parse_duration(getattr(ctx.options, name), name)
-                except ConfigError as e:
-                    raise exceptions.OptionsError(str(e)) from None
-                if value is None:
-                    raise exceptions.OptionsError(f"{name} must be a positive duration, e.g. 10m")
-                if name == "aigw_lake_maintenance_interval":
-                    self.interval = value.total_seconds()
-                else:
-                    self.keep_snapshots = value.total_seconds()
+        if "aigw_lake_maintenance_interval" in updated:
+            self.interval = option_seconds(ctx.options.aigw_lake_maintenance_interval,
+                                           "aigw_lake_maintenance_interval")
+        if "aigw_lake_keep_snapshots" in updated:
+            self.keep_snapshots = option_seconds(ctx.options.aigw_lake_keep_snapshots, "aigw_lake_keep_snapshots")
 
     def running(self) -> None:
         if self.task is None:

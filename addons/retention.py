@@ -23,7 +23,7 @@ import duckdb
 import orjson
 
 from addons import metrics
-from addons.config import ConfigError, parse_duration
+from addons.config import option_seconds
 from addons.store.schema import CHILD_TABLES
 
 log = logging.getLogger("aigw.retention")
@@ -135,16 +135,10 @@ class Retention:
                           "--aibridge-retention).")
 
     def configure(self, updated: set[str]) -> None:
-        from mitmproxy import ctx, exceptions
+        from mitmproxy import ctx
 
         if "aigw_retention_interval" in updated:
-            try:
-                value = parse_duration(ctx.options.aigw_retention_interval, "aigw_retention_interval")
-            except ConfigError as e:
-                raise exceptions.OptionsError(str(e)) from None
-            if value is None:
-                raise exceptions.OptionsError("aigw_retention_interval must be a positive duration, e.g. 10m")
-            self.interval = value.total_seconds()
+            self.interval = option_seconds(ctx.options.aigw_retention_interval, "aigw_retention_interval")
 
     def running(self) -> None:
         if self.retention is None:

@@ -20,10 +20,10 @@ import logging
 import weakref
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from addons import context
-from addons.config import ConfigError, parse_duration
+from addons.config import option_seconds
 from addons.providers.base import any_error
 
 log = logging.getLogger("aigw.shutdown")
@@ -49,11 +49,7 @@ class GracefulShutdown:
 
     def configure(self, updated: set[str]) -> None:
         if "aigw_shutdown_grace" in updated:
-            try:
-                value = parse_duration(ctx.options.aigw_shutdown_grace, "aigw_shutdown_grace")
-            except ConfigError as e:
-                raise exceptions.OptionsError(str(e)) from None
-            self.grace = value.total_seconds() if value is not None else 0.0
+            self.grace = option_seconds(ctx.options.aigw_shutdown_grace, "aigw_shutdown_grace", allow_zero=True)
 
     # -- tracking ------------------------------------------------------------------
 

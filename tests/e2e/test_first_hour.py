@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,12 +121,24 @@ def latest(u: User) -> dict[str, object]:
     return json.loads(u.ok("interceptions", "list", "--json", "--limit", "1"))["interceptions"][0]
 
 
+def recorded(u: User, model: str) -> dict[str, object]:
+    """The newest interception once it is the one just made and has ended: records are written in batches."""
+    deadline = time.monotonic() + 20
+    while True:
+        rows = json.loads(u.ok("interceptions", "list", "--json", "--limit", "1"))["interceptions"]
+        if rows and rows[0]["model"] == model and rows[0].get("ended_at"):
+            return rows[0]
+        assert time.monotonic() < deadline, f"the {model} request was not recorded: {rows}"
+        time.sleep(0.2)
+
+
 def test_the_cli_in_another_directory_uses_the_gateways_home(user: User) -> None:
     key = json.loads(user.ok("keys", "create", "--user", "alice", "--json"))["key"]
     # The key the CLI made is the running gateway's: a request with it goes through.
     reply = client(user, key).messages.create(model="claude-sonnet-4-5", max_tokens=20,
                                               messages=[{"role": "user", "content": "first request…"}])
     assert reply.content[0].type == "text"
+    recorded(user, "claude-sonnet-4-5")
     listing = user.ok("interceptions", "list")
     assert "alice" in listing and "claude-sonnet-4-5" in listing
     # `interceptions show` takes the start of an id, as people copy it from the list.
@@ -220,7 +233,7 @@ def test_prices_come_from_the_prices_file_and_missing_ones_say_how_to_add_them(u
     key = json.loads(user.ok("keys", "create", "--user", "carol", "--json"))["key"]
     for model in ("acme-priced-1", "acme-unpriced-1"):
         client(user, key).messages.create(model=model, max_tokens=20, messages=[{"role": "user", "content": "x"}])
-    shown = json.loads(user.ok("interceptions", "show", str(latest(user)["id"])))
+    shown = json.loads(user.ok("interceptions", "show", str(recorded(user, "acme-unpriced-1")["id"])))
     assert shown["model"] == "acme-unpriced-1"
     missing = user.ok("prices", "missing").splitlines()
     assert any("acme-unpriced-1" in line for line in missing)
