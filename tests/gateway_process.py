@@ -181,3 +181,15 @@ def latest_ended_after(gw: Gateway, before: int) -> dict[str, Any]:
     row = rows[-1]
     row["metadata"] = json.loads(row["metadata"])
     return row
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

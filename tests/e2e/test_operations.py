@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from tests.gateway_process import (
     clean_env,
     free_port,
     provider_env,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -42,16 +43,6 @@ STREAM_BODY = {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True,
                "messages": [{"role": "user", "content": "hi there"}]}
 TOOLS = [{"name": "get_weather", "description": "weather", "input_schema": {"type": "object"}}]
 
-
-def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def messages(gw: Gateway, key: str, body: dict[str, Any], **kw: Any) -> httpx.Response:

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.upstream import FakeUpstream, Gate, Reply, anthropic_events
-from tests.gateway_process import Gateway, clean_env, free_port, provider_env
+from tests.gateway_process import Gateway, clean_env, free_port, provider_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,16 +30,6 @@ BODY = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "u
 STREAM_BODY = {**BODY, "stream": True}
 MESSAGES = "/api/v2/aibridge/anthropic/v1/messages"
 
-
-def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def send(gw: Gateway, key: str, body: dict[str, Any] = BODY) -> httpx.Response:
