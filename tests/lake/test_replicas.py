@@ -170,6 +170,7 @@ def test_replica_killed_mid_stream_is_ended_by_the_survivor(replicas: tuple[Gate
                                                              upstream: FakeUpstream) -> None:
     a, b = replicas
     key = a.user_key  # type: ignore[attr-defined]
+    since = datetime.now(UTC).isoformat()  # earlier tests' rows may still be committing: not this one's
     gate = Gate(timeout=20)
     events = anthropic_events({**HELLO, "stream": True})
     upstream.queue(Reply(headers={"content-type": "text/event-stream"}, chunks=[*events[:3], gate, *events[3:]]))
@@ -188,7 +189,8 @@ def test_replica_killed_mid_stream_is_ended_by_the_survivor(replicas: tuple[Gate
     t = threading.Thread(target=stream)
     t.start()
     assert got_first.wait(20)
-    open_row = wait_rows(a, "select id::VARCHAR as id from aibridge_interceptions where ended_at is null", bool)
+    open_row = wait_rows(a, "select id::VARCHAR as id from aibridge_interceptions "
+                            f"where ended_at is null and started_at >= '{since}'::TIMESTAMPTZ", bool)
     assert len(open_row) == 1
     assert b.proc is not None
     b.proc.send_signal(signal.SIGKILL)
