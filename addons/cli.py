@@ -16,15 +16,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from addons import config, runtime
-from addons.config import (
+from addons.app import runtime
+from addons.settings import config
+from addons.settings.config import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
     PROPAGATE_WITHOUT_OTEL,
     ConfigError,
     Settings,
 )
-from addons.home import HOME_HINT
+from addons.settings.home import HOME_HINT
 
 log = logging.getLogger("aigw")
 
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.detach:
         return serve_detached(args, settings)
-    from addons.gateway import run_gateway
+    from addons.app.serve import run_gateway
 
     return run_gateway(settings, sets=args.set, web=args.web, quiet=args.quiet)
 
@@ -334,7 +335,7 @@ def with_store(settings: Settings, remote: Callable[[runtime.RunningGateway], An
 
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.admin import key_json
+    from addons.chain.admin import key_json
     from addons.store import keys as keystore
 
     expires = config.parse_duration(args.expires, "--expires", "never expires") if args.expires else None
@@ -384,7 +385,7 @@ def cmd_keys_set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.admin import key_json
+    from addons.chain.admin import key_json
     from addons.store import keys as keystore
 
     rows = with_store(settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/keys"),
@@ -575,7 +576,7 @@ def filter_query(args: argparse.Namespace, **extra: Any) -> str:
 
 
 def local_filters(args: argparse.Namespace, settings: Settings) -> Any:
-    from addons.store import audit
+    from addons.reports import audit
 
     return audit.build_filters(user=args.user, provider=args.provider, model=args.model, client=args.client,
                                since=args.since, until=args.until,
@@ -583,7 +584,7 @@ def local_filters(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def cmd_interceptions_list(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.store import audit
+    from addons.reports import audit
 
     def local(conn: Any) -> dict[str, Any]:
         rows, cursor = audit.list_interceptions(conn, local_filters(args, settings), args.limit, args.after_id)
@@ -622,7 +623,7 @@ def resolve_interception_id(settings: Settings, text: str) -> str:
 
 
 def cmd_interceptions_show(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.store import audit
+    from addons.reports import audit
 
     iid = resolve_interception_id(settings, args.id)
     found = read_store(settings, lambda gw: runtime.call(gw, "GET", f"/api/v2/aibridge/interceptions/{iid}"),
@@ -634,7 +635,7 @@ def cmd_interceptions_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.store import audit
+    from addons.reports import audit
 
     rows = read_store(
         settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/sessions?" + filter_query(args))["sessions"],
@@ -665,7 +666,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.analytics import snapshot_dir
+    from addons.chain.analytics import snapshot_dir
     from addons.store.snapshot import write_snapshot
 
     path = with_store(settings, lambda gw: runtime.call(gw, "POST", "/api/v2/aibridge/admin/snapshot")["snapshot"],
@@ -678,8 +679,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
     from urllib.parse import quote
 
-    from addons.report import render_report
-    from addons.store import audit
+    from addons.reports import audit
+    from addons.reports.html import render_report
 
     def local(conn: Any) -> str:
         now = datetime.now(UTC)
@@ -693,7 +694,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prices_missing(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.store.prices import missing_prices
+    from addons.pricing import missing_prices
 
     rows = read_store(settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/admin/prices/missing")["missing"],
                       missing_prices)
@@ -727,7 +728,7 @@ def bedrock_model_text(model: str, default: str) -> str:
 
 
 def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
-    from addons import ca
+    from addons.app import ca
 
     print(f"configuration OK ({len(settings.instances)} provider instance(s))")
     for warning in settings.unknown_variables:
@@ -756,7 +757,7 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
             model = bedrock_model_text(instance.bedrock.model, DEFAULT_BEDROCK_MODEL)
             small = bedrock_model_text(instance.bedrock.small_fast_model, DEFAULT_BEDROCK_SMALL_FAST_MODEL)
             print(f"{instance.name}: Bedrock model {model}, small-fast model {small}")
-    from addons.proxy_policy import build_host_map, describe_host_map
+    from addons.chain.proxy_policy import build_host_map, describe_host_map
 
     print("\n".join(describe_host_map(build_host_map(settings))))
     return 0
@@ -767,7 +768,7 @@ def cmd_config_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def existing_ca(settings: Settings) -> Path:
     """The home's CA directory; stops with one line when the gateway has not created the CA yet."""
-    from addons import ca
+    from addons.app import ca
 
     confdir = settings.home.certs_dir
     if not (confdir / ca.CERT_FILE).is_file():
@@ -776,7 +777,7 @@ def existing_ca(settings: Settings) -> Path:
 
 
 def write_bundle(dest: str, confdir: Path) -> Path:
-    from addons import ca
+    from addons.app import ca
 
     path, count = ca.write_bundle(Path(dest), confdir)
     print(f"aigw: wrote {path}: {count} certificates (system roots + the gateway CA)", file=sys.stderr)
@@ -784,7 +785,7 @@ def write_bundle(dest: str, confdir: Path) -> Path:
 
 
 def cmd_ca(args: argparse.Namespace, settings: Settings) -> int:
-    from addons import ca
+    from addons.app import ca
 
     confdir = settings.home.certs_dir
     cert = ca.ensure_ca(confdir) if args.init else existing_ca(settings) / ca.CERT_FILE
@@ -793,7 +794,7 @@ def cmd_ca(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_env(args: argparse.Namespace, settings: Settings) -> int:
-    from addons import ca
+    from addons.app import ca
 
     confdir = existing_ca(settings)
     bundle = write_bundle(args.bundle, confdir) if args.bundle else None

@@ -10,9 +10,9 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from addons import runtime
+from addons.app import runtime
 from addons.cli import dump_json, fail, render_table, with_store
-from addons.config import Settings
+from addons.settings.config import Settings
 
 ADMIN = "/api/v2/aibridge/admin"
 

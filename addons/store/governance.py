@@ -2,7 +2,7 @@
 
 Functions take a DuckDB connection, like addons/store/keys.py: the CLI calls them on the file
 when no gateway runs, the admin API on the writer thread when one does. `load_policy` builds the
-immutable snapshot the running gateway enforces (addons/governance.py).
+immutable snapshot the running gateway enforces (addons/chain/governance.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from addons.limits import (
+from addons.chain.limits import (
     MAX_BUDGET_USD,
     NO_LIMITS,
     Limits,

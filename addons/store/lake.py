@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-from addons.config import LAKE_PREFIX, LakeSettings
+from addons.settings.config import LAKE_PREFIX, LakeSettings
 from addons.store import schema
 
 log = logging.getLogger("aigw.store")

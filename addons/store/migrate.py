@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from addons.config import LakeSettings
+from addons.settings.config import LakeSettings
 from addons.store import lake, schema
 
 SOURCE = "aigw_source"

@@ -154,7 +154,7 @@ def usage_window(cur: duckdb.DuckDBPyConnection, since: datetime, now: datetime)
 def refresh(conn: duckdb.DuckDBPyConnection) -> int:
     """Roll up every closed day not rolled up yet (or stale); returns how many days are rolled up.
 
-    The gateway calls this in the background (addons/analytics.py) so that reports,
+    The gateway calls this in the background (addons/chain/analytics.py) so that reports,
     including the CLI's on a read-only connection, find closed days ready.
     """
     cur = conn.cursor()

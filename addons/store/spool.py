@@ -37,7 +37,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from addons.records import (
+from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
     PromptRecord,

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import duckdb
 import orjson
 
-from addons.records import (
+from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
     PromptRecord,

@@ -20,13 +20,7 @@ def standalone(requests: int) -> dict[str, Any]:
     Per request: InterceptionStart, PromptRecord, TokenUsageRecord, InterceptionEnd (3 rows:
     the interception, its token usage and its prompt), plus a ToolUsageRecord every other request.
     """
-    from addons.records import (
-        InterceptionEnd,
-        InterceptionStart,
-        PromptRecord,
-        TokenUsageRecord,
-        ToolUsageRecord,
-    )
+    from addons.flow.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
     from addons.store.db import connect
     from addons.store.writer import RecordWriter
 

@@ -20,9 +20,9 @@ SCRIPT = textwrap.dedent("""
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from addons.config import Settings
-    from addons.recorder import Recorder
-    from addons.records import InterceptionEnd, InterceptionStart, PromptRecord
+    from addons.settings.config import Settings
+    from addons.sinks.recorder import Recorder
+    from addons.flow.records import InterceptionEnd, InterceptionStart, PromptRecord
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     db = Path(sys.argv[1])

@@ -9,7 +9,7 @@ import anthropic
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from addons.timeouts import eventstream_exception
+from addons.chain.timeouts import eventstream_exception
 from tests.eventstream_encoder import chunk_frame
 from tests.fakes.bedrock import FakeBedrock, Reply, anthropic_events
 from tests.gateway_process import Gateway, clean_env, latest_ended_after, settled_count

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from addons import config
-from addons.config import ConfigError, LakeSettings
+from addons.settings import config
+from addons.settings.config import ConfigError, LakeSettings
 from addons.store import keys as keystore
 from addons.store import lake
 from addons.store.governance import load_policy, set_user
@@ -65,7 +65,7 @@ def test_one_lease_holder_at_a_time(lake_settings: LakeSettings) -> None:
 
 _WRITER = """
 import sys
-from addons.config import LakeSettings
+from addons.settings.config import LakeSettings
 from addons.store import lake, keys
 from addons.store.governance import set_user
 conn = lake.connect(LakeSettings(sys.argv[1], sys.argv[2]))

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from mitmproxy.test import tflow
 
-from addons import admin as admin_module
-from addons.admin import AdminApi
-from addons.auth import KeyCache
-from addons.config import Settings
-from addons.recorder import Recorder
+from addons.chain import admin as admin_module
+from addons.chain.admin import AdminApi
+from addons.chain.auth import KeyCache
+from addons.settings.config import Settings
+from addons.sinks.recorder import Recorder
 from addons.store import db
 from addons.store.query import QueryError, QueryResult, run_query
 from tests.gateway_process import REPO, Gateway

@@ -20,10 +20,10 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from addons.admin import AdminApi, from_this_machine
-from addons.auth import LOCAL_ADMIN, KeyCache
-from addons.config import Settings
-from addons.recorder import Recorder
+from addons.chain.admin import AdminApi, from_this_machine
+from addons.chain.auth import LOCAL_ADMIN, KeyCache
+from addons.settings.config import Settings
+from addons.sinks.recorder import Recorder
 from addons.store import keys as keystore
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import Gateway

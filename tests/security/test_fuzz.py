@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from addons.guard import path_problem
+from addons.chain.guard import path_problem
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import Gateway
 from tests.security.tripwire import Tripwire, basic, exchange

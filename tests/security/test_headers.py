@@ -116,7 +116,7 @@ def test_undecodable_user_agent_is_neither_forwarded_nor_orphaned(gateway: Gatew
 
 def test_recorded_header_text_is_always_storable() -> None:
     """Defence in depth behind the guard: header text mitmproxy decoded with surrogateescape."""
-    from addons.intercept import _text
+    from addons.chain.intercept import _text
 
     raw = b"claude-cli/1.0 \xff\xfe".decode("utf-8", "surrogateescape")
     safe = _text(raw)

@@ -24,9 +24,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from addons import report
-from addons.store import audit, rollup
-from addons.store.prices import Pricer, reprice
+from addons.pricing import Pricer, reprice
+from addons.reports import audit
+from addons.reports import html as report
+from addons.store import rollup
 from addons.store.views import interception_facts_sql, session_summary_sql
 from tests.seed import seed
 

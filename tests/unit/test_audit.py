@@ -9,7 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 import duckdb
 import pytest
 
-from addons.store.audit import (
+from addons.reports.audit import (
     INTERCEPTION_COLUMNS,
     SESSION_COLUMNS,
     Filters,

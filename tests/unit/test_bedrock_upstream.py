@@ -11,8 +11,15 @@ from botocore.credentials import ReadOnlyCredentials
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addons.auth import Identity
-from addons.bedrock import (
+from addons.chain.auth import Identity
+from addons.chain.proxy_policy import build_host_map
+from addons.flow.state import FlowContext
+from addons.providers.base import Api
+from addons.providers.bedrock import BedrockCredentials
+from addons.providers.registry import ANTHROPIC, BEDROCK
+from addons.settings.config import BedrockSettings, Instance, Settings
+from addons.upstreams.base import Refusal
+from addons.upstreams.bedrock import (
     OPERATION,
     BedrockUpstream,
     EventStreamToSSE,
@@ -22,13 +29,6 @@ from addons.bedrock import (
     count_tokens_response,
     token_count_headers,
 )
-from addons.config import BedrockSettings, Instance, Settings
-from addons.context import FlowContext
-from addons.providers.base import Api
-from addons.providers.bedrock import BedrockCredentials
-from addons.providers.registry import ANTHROPIC, BEDROCK
-from addons.proxy_policy import build_host_map
-from addons.upstream import Refusal
 from addons.wire.model import RequestInfo
 from tests.eventstream_encoder import chunk_frame, corrupt_crc, exception_frame
 from tests.fakes.bedrock import anthropic_events, verify_sigv4
@@ -60,7 +60,7 @@ def flow_and_ctx(path: str = "/v1/messages", body: dict[str, Any] | None = None,
                       identity=Identity("u1", "alice", "k1", False), byok=byok,
                       received_at=dt.datetime.now(dt.UTC), client_credential="byok-token" if byok else None)
     if route.intercepted:
-        from addons.intercept import Interception
+        from addons.chain.intercept import Interception
 
         ctx.interception = Interception(id="i1", api=route.api, started_at=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
                                         info=RequestInfo())

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addons import config
-from addons.breaker import Breaker, BreakerSettings, State
+from addons.chain.breaker import Breaker, BreakerSettings, State
+from addons.settings import config
 
 
 class Clock:

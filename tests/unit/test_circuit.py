@@ -11,15 +11,15 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addons import context
-from addons.auth import Identity
-from addons.breaker import BreakerSettings, State
-from addons.circuit import MAX_MODELS, OTHER_MODEL, CircuitBreakers
-from addons.config import Instance
-from addons.context import FlowContext
-from addons.intercept import Interception
+from addons.chain.auth import Identity
+from addons.chain.breaker import BreakerSettings, State
+from addons.chain.circuit import MAX_MODELS, OTHER_MODEL, CircuitBreakers
+from addons.chain.intercept import Interception
+from addons.flow import state as context
+from addons.flow.state import FlowContext
 from addons.providers.registry import ANTHROPIC
-from addons.upstream import UPSTREAM_ERROR, client_left
+from addons.settings.config import Instance
+from addons.upstreams.base import UPSTREAM_ERROR, client_left
 from addons.wire.model import RequestInfo
 
 

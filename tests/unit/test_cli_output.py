@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from addons import cli, config
+from addons import cli
+from addons.settings import config
 
 
 @pytest.mark.parametrize(("raw", "shown"), [

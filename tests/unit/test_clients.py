@@ -1,4 +1,4 @@
-"""Client, version and session detection (addons/clients.py) from real request headers.
+"""Client, version and session detection (addons/flow/clients.py) from real request headers.
 
 Three sources: what the pinned CLIs sent to a fake upstream (tests/clients: Claude Code 2.1.197,
 Codex 0.171.0, Copilot CLI 1.0.102, opencode 1.18.33; secrets and transport headers left out),
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from addons import clients
-from addons.clients import identify
+from addons.flow import clients
+from addons.flow.clients import identify
 from tests import txtar
 
 H = dict[str, str]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from addons import config
-from addons.config import ConfigError, load, parse_duration
+from addons.settings import config
+from addons.settings.config import ConfigError, load, parse_duration
 
 SECRET = "sk-test-SECRETVALUE-0123456789abcdefghij"
 SECRET2 = "sk-test-OTHERSECRET-9876543210zyxwvutsrq"

@@ -1,4 +1,4 @@
-"""Dump writer and formatting (addons/dumps.py)."""
+"""Dump writer and formatting (addons/sinks/dumps.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
-from addons.dumps import DumpWriter, format_request, format_response_head, timestamp
+from addons.sinks.dumps import DumpWriter, format_request, format_response_head, timestamp
 
 KEY = "sk-ant-api03-PROVIDER-SECRET-aaaaaaaaaaaaaaaa"
 

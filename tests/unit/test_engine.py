@@ -11,7 +11,7 @@ from mitmproxy import addonmanager, exceptions, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
-from addons.engine import ENGINE, AigwMaster, HookTable, use_hook_table
+from addons.app.engine import ENGINE, AigwMaster, HookTable, use_hook_table
 
 
 class Part:

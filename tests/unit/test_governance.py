@@ -11,15 +11,15 @@ import orjson
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addons import context
-from addons.auth import Identity
-from addons.config import Instance
-from addons.context import FlowContext
-from addons.governance import Governance
-from addons.intercept import Interception, Interceptor
-from addons.limits import GovernanceSettings, Limits
+from addons.chain.auth import Identity
+from addons.chain.governance import Governance
+from addons.chain.intercept import Interception, Interceptor
+from addons.chain.limits import GovernanceSettings, Limits
+from addons.flow import state as context
+from addons.flow.records import InterceptionEnd, InterceptionStart, Record, TokenUsageRecord
+from addons.flow.state import FlowContext
 from addons.providers.registry import ANTHROPIC
-from addons.records import InterceptionEnd, InterceptionStart, Record, TokenUsageRecord
+from addons.settings.config import Instance
 from addons.store.governance import EVERYONE, GroupPolicy, Policy, UserPolicy
 from addons.wire.model import RequestInfo
 

@@ -1,4 +1,4 @@
-"""addons/guard.py in process: the request checks, the engine's fail-closed path and default deny."""
+"""addons/chain/guard.py in process: the request checks, the engine's fail-closed path and default deny."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from mitmproxy import http, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook, HttpResponseHeadersHook
 from mitmproxy.test import tflow, tutils
 
-from addons import context
-from addons.config import ConfigError, Settings, load
-from addons.engine import HookTable, use_hook_table
-from addons.guard import DefaultDeny, Guard, allow_upstream, header_problem, path_problem, request_line_problem
+from addons.app.engine import HookTable, use_hook_table
+from addons.chain.guard import DefaultDeny, Guard, allow_upstream, header_problem, path_problem, request_line_problem
+from addons.flow import state as context
+from addons.settings.config import ConfigError, Settings, load
 
 
 @pytest.mark.parametrize("path", [
@@ -223,7 +223,7 @@ async def test_default_deny() -> None:
 
 
 async def test_default_deny_refuses_a_routed_flow_outside_the_configured_upstreams() -> None:
-    from addons.context import FlowContext
+    from addons.flow.state import FlowContext
 
     s = settings()
     guard = Guard(s)
@@ -281,8 +281,8 @@ class BrokenParser:
 
 def test_stream_taps_never_raise() -> None:
     """The taps run inside mitmproxy's core, outside any hook: the guard cannot catch them, so they must not raise."""
-    from addons.dumps import _Tee
-    from addons.intercept import StreamTap
+    from addons.chain.intercept import StreamTap
+    from addons.sinks.dumps import _Tee
 
     tap = StreamTap(BrokenParser(), hide_usage=True)
     chunk = b'event: message_start\ndata: {"type":"message_start"}\n\n'
@@ -295,7 +295,7 @@ def test_stream_taps_never_raise() -> None:
 
 
 def test_bedrock_taps_never_raise() -> None:
-    from addons.bedrock import EventStreamToSSE, RelayTap
+    from addons.upstreams.bedrock import EventStreamToSSE, RelayTap
 
     class Broken:
         def feed(self, chunk: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Where state lives: the aigw home (addons/home.py) and how configuration resolves it."""
+"""Where state lives: the aigw home (addons/settings/home.py) and how configuration resolves it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from addons import config, home
+from addons.settings import config, home
 
 
 def test_explicit_home_wins(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from addons.keypool import RATE_LIMITED_COOLDOWN, UNAUTHORIZED_COOLDOWN, KeyPool
+from addons.upstreams.keypool import RATE_LIMITED_COOLDOWN, UNAUTHORIZED_COOLDOWN, KeyPool
 
 
 class Clock:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addons.limits import (
+from addons.chain.limits import (
     WINDOW,
     Limits,
     SlidingWindow,

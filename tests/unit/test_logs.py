@@ -1,4 +1,4 @@
-"""Log output (addons/logs.py): formats, destinations, secret scrubbing, the structured interception log."""
+"""Log output (addons/sinks/logs.py): formats, destinations, secret scrubbing, the structured interception log."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from addons.config import Instance, Settings
-from addons.logs import (
+from addons.flow.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
+from addons.settings.config import Instance, Settings
+from addons.sinks.logs import (
     INTERCEPTION_LOGGER,
     HumanFormatter,
     JsonFormatter,
@@ -18,7 +19,6 @@ from addons.logs import (
     StructuredLog,
     setup_logging,
 )
-from addons.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
 
 KEY = "sk-ant-api03-PROVIDER-SECRET-aaaaaaaaaaaaaaaa"
 T = datetime(2026, 1, 5, 10, 15, 30, 123000, tzinfo=UTC)

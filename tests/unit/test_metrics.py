@@ -1,4 +1,4 @@
-"""Metrics (addons/metrics.py): values driven by records, and the exposition server's startup errors."""
+"""Metrics (addons/sinks/metrics.py): values driven by records, and the exposition server's startup errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from addons import metrics
-from addons.metrics import Metrics, MetricsServerError, start_server
-from addons.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
+from addons.flow.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
+from addons.sinks import metrics
+from addons.sinks.metrics import Metrics, MetricsServerError, start_server
 
 T = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -75,8 +75,8 @@ def test_server_serves_and_a_busy_port_is_a_clear_error() -> None:
 
 def test_the_startup_replay_is_counted(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The writer replays an earlier run's spool as soon as it starts: its drops reach the metrics."""
-    from addons.config import Settings
-    from addons.recorder import Recorder
+    from addons.settings.config import Settings
+    from addons.sinks.recorder import Recorder
     from addons.store.spool import SUFFIX, spool_dir
 
     db = tmp_path / "data" / "aibridge.duckdb"

@@ -1,4 +1,4 @@
-"""OpenTelemetry export (addons/otel.py): records -> spans and GenAI metrics, trace context, drop counting."""
+"""OpenTelemetry export (addons/sinks/otel.py): records -> spans and GenAI metrics, trace context, drop counting."""
 
 from __future__ import annotations
 
@@ -22,14 +22,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from addons import config, metrics, otel
-from addons.bedrock import EventStreamToSSE, RelayTap
-from addons.config import BedrockSettings, Instance, Settings
-from addons.intercept import Interception, StreamTap
-from addons.metrics import Metrics
-from addons.otel import CountingBatchSpanProcessor, OtelSink, Pipeline, build_pipeline, parse_traceparent
-from addons.providers.base import Api
-from addons.records import (
+from addons.chain.intercept import Interception, StreamTap
+from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
     PromptRecord,
@@ -37,6 +31,13 @@ from addons.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.providers.base import Api
+from addons.settings import config
+from addons.settings.config import BedrockSettings, Instance, Settings
+from addons.sinks import metrics, otel
+from addons.sinks.metrics import Metrics
+from addons.sinks.otel import CountingBatchSpanProcessor, OtelSink, Pipeline, build_pipeline, parse_traceparent
+from addons.upstreams.bedrock import EventStreamToSSE, RelayTap
 from addons.wire import anthropic, chat, converse, responses
 from addons.wire.model import RequestInfo
 from tests.fakes import upstream as fake
@@ -388,8 +389,8 @@ def test_prometheus_time_to_first_token_and_cost() -> None:
 
 
 def test_a_gateway_without_otel_loads_none_of_the_sdk() -> None:
-    code = ("import sys, addons.cli, addons.gateway; "
-            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'addons.otel'))))")
+    code = ("import sys, addons.cli, addons.app.serve; "
+            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'addons.sinks.otel'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"

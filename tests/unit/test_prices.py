@@ -9,15 +9,8 @@ import duckdb
 import pytest
 from genai_prices import Usage, calc_price
 
-from addons.store import prices as prices_mod
-from addons.store.prices import (
-    DEFAULT_OVERRIDES_PATH,
-    PriceOverride,
-    Pricer,
-    load_overrides,
-    missing_prices,
-    reprice,
-)
+from addons import pricing as prices_mod
+from addons.pricing import DEFAULT_OVERRIDES_PATH, PriceOverride, Pricer, load_overrides, missing_prices, reprice
 from tests.seed import UNKNOWN_MODEL, seed
 
 # Published list prices in genai-prices 0.2.3, USD per million tokens:

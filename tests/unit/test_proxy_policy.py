@@ -12,11 +12,9 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addons import config, context
-from addons.auth import KeyCache
-from addons.config import Settings
-from addons.proxy import AddressGuard, ProxyAuth, ProxyRouter, ProxyState, TlsPolicy, Tunnel
-from addons.proxy_policy import (
+from addons.chain.auth import KeyCache
+from addons.chain.proxy import AddressGuard, ProxyAuth, ProxyRouter, ProxyState, TlsPolicy, Tunnel
+from addons.chain.proxy_policy import (
     ProxyAuthError,
     blocked_reason,
     build_host_map,
@@ -25,7 +23,10 @@ from addons.proxy_policy import (
     parse_ports,
     proxy_password,
 )
-from addons.routing import WEBSOCKET_RESPONSES
+from addons.chain.routing import WEBSOCKET_RESPONSES
+from addons.flow import state as context
+from addons.settings import config
+from addons.settings.config import Settings
 from addons.store.keys import KeyInfo, hash_key
 
 P = "CODER_AIBRIDGE_PROVIDER_"

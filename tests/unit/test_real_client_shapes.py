@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from addons.clients import identify
+from addons.flow.clients import identify
 from addons.wire import anthropic, chat, responses
 
 COPILOT_PROMPT = "<current_datetime>2026-11-28T17:52:20.957+00:00</current_datetime>\n\nsay hi"

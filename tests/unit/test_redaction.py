@@ -1,4 +1,4 @@
-"""Redaction (addons/redaction.py) and what `aigw web` serializes for the browser (addons/web.py)."""
+"""Redaction (addons/sinks/redaction.py) and what `aigw web` serializes for the browser (addons/app/web.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from mitmproxy.addons.view import View
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tools.web import app
 
-from addons import redaction
-from addons.web import WebUi, _redact_header_text, flow_secrets, redact_flow_json, redacted_copy, scrub_value
+from addons.app.web import WebUi, _redact_header_text, flow_secrets, redact_flow_json, redacted_copy, scrub_value
+from addons.sinks import redaction
 
 KEY = "sk-ant-api03-PROVIDER-SECRET-aaaaaaaaaaaaaaaa"
 BYOK = "sk-proj-USERS-OWN-bbbbbbbbbbbbbbbbbbbb"
@@ -125,7 +125,7 @@ async def test_web_master_serializes_only_redacted_flows() -> None:
     import tornado.httputil
     from mitmproxy import options
 
-    from addons import web
+    from addons.app import web
 
     master = web.AigwWebMaster(options.Options(), {KEY})
     sent: list[tuple[str, dict]] = []

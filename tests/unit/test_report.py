@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import duckdb
 
-from addons.report import render_report
+from addons.reports.html import render_report
 from addons.store.schema import DDL
 from tests.seed import UNKNOWN_MODEL, SeedSummary, seed
 

@@ -1,4 +1,4 @@
-"""Retention (addons/retention.py): what is purged, what never is, with an injected clock."""
+"""Retention (addons/chain/retention.py): what is purged, what never is, with an injected clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from addons.records import (
+from addons.chain.retention import Retention, file_clock, purge, purge_batch
+from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
     PromptRecord,
@@ -18,7 +19,6 @@ from addons.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
-from addons.retention import Retention, file_clock, purge, purge_batch
 from addons.store.db import connect
 from addons.store.schema import CHILD_TABLES
 from addons.store.writer import RecordWriter

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from addons.records import InterceptionEnd, PromptRecord, ThoughtRecord
+from addons.flow.records import InterceptionEnd, PromptRecord, ThoughtRecord
 from addons.store.db import connect
 from addons.store.spool import MARKER_TABLE, SUFFIX, Spool, spool_dir
 from addons.store.writer import RECOVERED_ERROR, RecordWriter

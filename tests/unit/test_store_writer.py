@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from addons.records import (
+from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
     PromptRecord,

@@ -9,15 +9,15 @@ import orjson
 from mitmproxy import connection, http
 from mitmproxy.test import tflow, tutils
 
-from addons import context
-from addons.auth import Identity
-from addons.config import Instance
-from addons.context import FlowContext
-from addons.gateway import json_error_response
-from addons.intercept import Interception
+from addons.app.serve import json_error_response
+from addons.chain.auth import Identity
+from addons.chain.intercept import Interception
+from addons.chain.timeouts import UpstreamTimeouts
+from addons.flow import state as context
+from addons.flow.state import FlowContext
 from addons.providers.registry import ANTHROPIC
-from addons.timeouts import UpstreamTimeouts
-from addons.upstream import UPSTREAM_ERROR
+from addons.settings.config import Instance
+from addons.upstreams.base import UPSTREAM_ERROR
 from addons.wire.model import RequestInfo
 
 

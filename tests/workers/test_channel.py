@@ -1,4 +1,4 @@
-"""The pieces of addons/workers.py that need no processes: summed metrics, forwarded admin flows."""
+"""The pieces of addons/app/workers.py that need no processes: summed metrics, forwarded admin flows."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from addons import metrics
-from addons.admin import from_this_machine
-from addons.routing import is_gateway_request
-from addons.workers import SummedMetrics, Supervisor, admin_flow
+from addons.app.workers import SummedMetrics, Supervisor, admin_flow
+from addons.chain.admin import from_this_machine
+from addons.chain.routing import is_gateway_request
+from addons.sinks import metrics
 
 USER = "unit-test-workers"  # a label value no other test uses, so the process-wide registry does not interfere
 LABELS = {"provider": "anthropic", "model": "m", "status": "completed", "route": "/v1/messages", "method": "POST",
