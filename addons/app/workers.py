@@ -56,8 +56,7 @@ from addons.flow.records import InterceptionEnd, InterceptionStart, Record, Toke
 from addons.providers.base import any_error
 from addons.settings.config import Settings
 from addons.sinks import metrics
-from addons.store.spool import _decode as decode_record
-from addons.store.spool import _encode as encode_record
+from addons.store.spool import decode_record, encode_record
 
 log = logging.getLogger("aigw.workers")
 

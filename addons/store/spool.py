@@ -141,7 +141,7 @@ class Spool:
         batch_id = uuid.uuid4().hex
         final = self.directory / f"{self._seq:012d}-{batch_id}-{len(records)}{SUFFIX}"
         tmp = final.with_suffix(".tmp")
-        data = b"".join(_encode(r) for r in records)
+        data = b"".join(encode_record(r) for r in records)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
@@ -168,7 +168,7 @@ class Spool:
         unreadable = 0
         for number, line in enumerate(path.read_bytes().splitlines(), 1):
             try:
-                records.append(_decode(line))
+                records.append(decode_record(line))
             except Exception as exc:
                 # Never the line itself: it holds prompt text.
                 log.error("dropping an unreadable spool record: %s line %d (%d bytes, %s)", path, number, len(line),
@@ -305,13 +305,14 @@ def _parse_name(path: Path) -> tuple[int, str, int]:
     return int(parts[0]), parts[1], int(parts[2])
 
 
-def _encode(record: Record) -> bytes:
+def encode_record(record: Record) -> bytes:
+    """One JSON line `["<record type>", {fields}]` (the spool's and the workers' pipe format)."""
     # orjson encodes the slotted dataclasses field by field; datetimes become RFC 3339 text.
     return orjson.dumps([type(record).__name__, record], default=json_default,
                         option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
-def _decode(line: bytes) -> Record:
+def decode_record(line: bytes) -> Record:
     name, fields = orjson.loads(line)
     cls = _TYPES[name]
     for key in _TIMES[name]:
