@@ -22,10 +22,11 @@ from addons.settings.config import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
     PROPAGATE_WITHOUT_OTEL,
-    ConfigError,
     Settings,
 )
+from addons.settings.durations import parse_duration
 from addons.settings.home import HOME_HINT
+from addons.settings.values import ConfigError
 
 log = logging.getLogger("aigw")
 
@@ -338,7 +339,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from addons.chain.admin import key_json
     from addons.store import keys as keystore
 
-    expires = config.parse_duration(args.expires, "--expires", "never expires") if args.expires else None
+    expires = parse_duration(args.expires, "--expires", "never expires") if args.expires else None
 
     from addons import cli_governance
     from addons.store import governance as governance_store

@@ -21,12 +21,13 @@ from mitmproxy import http
 from addons.chain.analytics import snapshot_dir
 from addons.chain.auth import Identity, KeyCache, presented_credential
 from addons.chain.governance import Governance
-from addons.chain.routing import RESERVED, is_gateway_request, json_response, split_gateway_path
+from addons.chain.routing import RESERVED, is_gateway_request, split_gateway_path
 from addons.pricing import missing_prices
-from addons.providers.base import any_error
+from addons.providers.errors import any_error, json_response
 from addons.reports import audit
 from addons.reports.html import render_report
-from addons.settings.config import Settings, parse_duration
+from addons.settings.config import Settings
+from addons.settings.durations import parse_duration
 from addons.sinks.recorder import Recorder
 from addons.store import governance as governance_store
 from addons.store import keys as keystore

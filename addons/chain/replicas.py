@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from addons.chain.auth import KeyCache
 from addons.chain.governance import Governance
-from addons.settings.config import option_seconds
+from addons.settings.durations import option_seconds
 from addons.sinks.recorder import Recorder
 from addons.store import governance as governance_store
 from addons.store import keys as keystore

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from addons.settings.config import option_seconds
+from addons.settings.durations import option_seconds
 from addons.sinks import metrics
 from addons.store.schema import CHILD_TABLES
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-from addons.flow import state as context
-from addons.providers.base import any_error
-from addons.settings.config import option_seconds
+from addons.flow.state import FlowStates
+from addons.providers.errors import any_error, json_response
+from addons.settings.durations import option_seconds
 
 log = logging.getLogger("aigw.shutdown")
 
@@ -35,8 +35,9 @@ WEBSOCKET_RECORDER = "aigw_websocket_recorder"  # addons/chain/websocket.py's ad
 
 
 class GracefulShutdown:
-    def __init__(self, interceptor: Any) -> None:
+    def __init__(self, interceptor: Any, flows: FlowStates) -> None:
         self.interceptor = interceptor  # Interceptor: ends interceptions with its own record logic
+        self.flows = flows
         self.inflight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.draining = False
         self.task: asyncio.Task[None] | None = None
@@ -55,9 +56,9 @@ class GracefulShutdown:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.draining:
-            flow.response = http.Response.make(
+            flow.response = json_response(
                 503, any_error("the gateway is shutting down", "api_error", "overloaded_error"),
-                {"content-type": "application/json", "connection": "close", "retry-after": "1"})
+                {"connection": "close", "retry-after": "1"})
             return
         self.inflight.add(flow)
 
@@ -143,7 +144,7 @@ class GracefulShutdown:
         """End every interception still running as cancelled (tokens so far included); returns how many."""
         cancelled = 0
         for flow in list(self.inflight):
-            flow_ctx = context.get(flow)
+            flow_ctx = self.flows.get(flow)
             interception = flow_ctx.interception if flow_ctx is not None else None
             if flow_ctx is None or interception is None or interception.ended:
                 continue

@@ -41,7 +41,9 @@ from urllib.parse import urlsplit, urlunsplit
 from addons.chain.breaker import BreakerSettings
 from addons.chain.limits import DEFAULT_GOVERNANCE, PERIODS, GovernanceSettings, Limits
 from addons.settings import home as homes
+from addons.settings.durations import parse_duration, parse_seconds
 from addons.settings.home import Home
+from addons.settings.values import ConfigError
 
 if TYPE_CHECKING:
     from addons.settings.yaml_schema import _YamlSection
@@ -52,13 +54,11 @@ __all__ = [
     "PROVIDER_TYPES",
     "RESERVED_NAMES",
     "BedrockSettings",
-    "ConfigError",
     "Instance",
     "Settings",
     "add_arguments",
     "load",
     "mask_secret",
-    "parse_duration",
     "unknown_variables",
 ]
 
@@ -92,13 +92,6 @@ DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v
 _NAME_RE = re.compile(NAME_PATTERN)
 _REGION_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _TYPES_TEXT = "openai, anthropic or copilot"
-
-
-class ConfigError(Exception):
-    """A configuration problem. ``str(e)`` is one line that starts with the variable to fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
 
 
 # --------------------------------------------------------------------------- results
@@ -671,49 +664,6 @@ def _clean(value: Any) -> Any:
     return None if value in ("", None, []) else value
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
-_DURATION_UNIT = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "ms": "milliseconds"}
-
-
-def parse_duration(text: str, name: str, zero: str | None = None) -> timedelta | None:
-    """Parse ``90d``, ``720h``, ``30m``, ``45s``, ``1h30m``, ``500ms``.
-
-    ``0`` (or any zero duration) returns None, whose meaning is the caller's: `zero` says it in the
-    error (e.g. "keeps forever"). Anything else raises :class:`ConfigError` naming `name`.
-    """
-    cleaned = str(text).strip().lower()
-    error = ConfigError(
-        f"{name}: invalid duration {str(text).strip()!r} "
-        f"(use e.g. 90d, 720h, 30m, 45s or 1h30m{f'; 0 {zero}' if zero else ''})"
-    )
-    if cleaned == "0":
-        return None
-    if not cleaned or _DURATION_PART.sub("", cleaned):
-        raise error
-    try:
-        total = sum(
-            (timedelta(**{_DURATION_UNIT[unit]: float(n)}) for n, unit in _DURATION_PART.findall(cleaned)),
-            timedelta(),
-        )
-    except OverflowError:
-        raise error from None
-    return total or None
-
-
-def option_seconds(text: str, name: str, *, allow_zero: bool = False, example: str = "10m") -> float:
-    """An `aigw_*` mitmproxy option holding a duration, in seconds; mitmproxy's OptionsError naming it
-    when invalid. 0 is refused unless `allow_zero`."""
-    from mitmproxy import exceptions  # only the gateway's addons call this: the CLI never loads mitmproxy
-
-    try:
-        value = parse_duration(text, name)
-    except ConfigError as e:
-        raise exceptions.OptionsError(str(e)) from None
-    if value is None and not allow_zero:
-        raise exceptions.OptionsError(f"{name} must be a positive duration, e.g. {example}")
-    return 0.0 if value is None else value.total_seconds()
-
-
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -1145,8 +1095,8 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         proxy_allowed_private_cidrs=value("proxy_allowed_private_cidrs", _parse_cidrs, ()),
         prometheus_enable=value("prometheus_enable", _parse_bool, False),
         prometheus_address=prometheus_address,
-        upstream_connect_timeout=value("upstream_connect_timeout", _parse_seconds, DEFAULT_CONNECT_TIMEOUT),
-        upstream_idle_timeout=value("upstream_idle_timeout", _parse_seconds, DEFAULT_IDLE_TIMEOUT),
+        upstream_connect_timeout=value("upstream_connect_timeout", parse_seconds, DEFAULT_CONNECT_TIMEOUT),
+        upstream_idle_timeout=value("upstream_idle_timeout", parse_seconds, DEFAULT_IDLE_TIMEOUT),
         circuit_breaker=_circuit_breaker(value),
         otel=value("otel", _parse_bool, _otel_by_environment(environ)),
         otel_propagate_upstream=value("otel_propagate_upstream", _parse_bool, False),
@@ -1189,12 +1139,6 @@ def _lake(db_value: _Value | None, value: Callable[[str, Callable[[Any, str], An
     if s3_endpoint is not None and not s3_endpoint.startswith(("http://", "https://")):
         raise ConfigError("CODER_AIBRIDGE_S3_ENDPOINT: must be a URL, e.g. http://minio:9000")
     return LakeSettings(catalog=catalog, data_path=data_path, s3_endpoint=s3_endpoint)
-
-
-def _parse_seconds(value: Any, name: str) -> float | None:
-    """A duration in seconds; 0 (None) means no limit."""
-    parsed = parse_duration(str(value), name, "disables it")
-    return None if parsed is None else parsed.total_seconds()
 
 
 def _circuit_breaker(value: Callable[[str, Callable[[Any, str], Any], Any], Any]) -> BreakerSettings | None:

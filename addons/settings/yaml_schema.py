@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
 
-from addons.settings.config import _OPTIONS, ConfigError
+from addons.settings.config import _OPTIONS
+from addons.settings.values import ConfigError
 
 
 def _scalar(value: Any) -> Any:

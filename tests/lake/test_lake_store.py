@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from addons.settings import config
-from addons.settings.config import ConfigError, LakeSettings
+from addons.settings.config import LakeSettings
+from addons.settings.values import ConfigError
 from addons.store import keys as keystore
 from addons.store import lake
 from addons.store.governance import load_policy, set_user

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from addons.chain.breaker import Breaker, BreakerSettings, State
 from addons.settings import config
+from addons.settings.values import ConfigError
 
 
 class Clock:
@@ -198,7 +199,7 @@ def test_settings_from_the_environment() -> None:
                         ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "x"), ("UPSTREAM_IDLE_TIMEOUT", "soon")):
         try:
             config.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true", f"CODER_AIBRIDGE_{name}": value})
-        except config.ConfigError as e:
+        except ConfigError as e:
             assert str(e).startswith(f"CODER_AIBRIDGE_{name}: ")
         else:
             raise AssertionError(f"{name}={value} was accepted")

@@ -9,6 +9,8 @@ import pytest
 
 from addons import cli
 from addons.settings import config
+from addons.settings.durations import parse_duration
+from addons.settings.values import ConfigError
 
 
 @pytest.mark.parametrize(("raw", "shown"), [
@@ -46,14 +48,14 @@ def test_unknown_variables_name_the_closest_known_one() -> None:
 
 
 def test_duration_errors_say_what_zero_means_only_when_it_means_something() -> None:
-    with pytest.raises(config.ConfigError) as excinfo:
-        config.parse_duration("90days", "--expires", "never expires")
+    with pytest.raises(ConfigError) as excinfo:
+        parse_duration("90days", "--expires", "never expires")
     assert str(excinfo.value) == (
         "--expires: invalid duration '90days' (use e.g. 90d, 720h, 30m, 45s or 1h30m; 0 never expires)")
-    with pytest.raises(config.ConfigError) as excinfo:
-        config.parse_duration("soon", "aigw_shutdown_grace")
+    with pytest.raises(ConfigError) as excinfo:
+        parse_duration("soon", "aigw_shutdown_grace")
     assert str(excinfo.value) == "aigw_shutdown_grace: invalid duration 'soon' (use e.g. 90d, 720h, 30m, 45s or 1h30m)"
-    with pytest.raises(config.ConfigError, match="0 keeps forever"):
+    with pytest.raises(ConfigError, match="0 keeps forever"):
         config.load(None, {"CODER_AIBRIDGE_RETENTION": "forever"})
 
 

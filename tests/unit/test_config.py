@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from addons.settings import config
-from addons.settings.config import ConfigError, load, parse_duration
+from addons.settings.config import load
+from addons.settings.durations import parse_duration
+from addons.settings.values import ConfigError
 
 SECRET = "sk-test-SECRETVALUE-0123456789abcdefghij"
 SECRET2 = "sk-test-OTHERSECRET-9876543210zyxwvutsrq"

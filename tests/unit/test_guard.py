@@ -14,7 +14,8 @@ from mitmproxy.test import tflow, tutils
 from addons.app.engine import HookTable, use_hook_table
 from addons.chain.guard import DefaultDeny, Guard, allow_upstream, header_problem, path_problem, request_line_problem
 from addons.flow import state as context
-from addons.settings.config import ConfigError, Settings, load
+from addons.settings.config import Settings, load
+from addons.settings.values import ConfigError
 
 
 @pytest.mark.parametrize("path", [

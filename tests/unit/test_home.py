@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from addons.settings import config, home
+from addons.settings.values import ConfigError
 
 
 def test_explicit_home_wins(tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def test_settings_database_follows_the_home_unless_set(tmp_path: Path) -> None:
 def test_prices_file_must_exist(tmp_path: Path) -> None:
     assert config.load(None, {}).prices_file == config.DEFAULT_PRICES_FILE
     assert config.DEFAULT_PRICES_FILE.is_file() and config.DEFAULT_PRICES_FILE.parent.name == "addons"
-    with pytest.raises(config.ConfigError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         config.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(tmp_path / "nope.yaml")})
     assert str(excinfo.value) == f"CODER_AIBRIDGE_PRICES_FILE: no such file {str(tmp_path / 'nope.yaml')!r}"
 
