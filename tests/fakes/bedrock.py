@@ -28,7 +28,6 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
@@ -38,6 +37,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from tests.eventstream_encoder import chunk_frame, converse_frame
+from tests.fakes.server import LoopbackServer, QuietHandler
 
 SIGNING_NAME = "bedrock"
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)  # AWS rejects signatures older/newer than this
@@ -314,36 +314,26 @@ class FakeBedrock:
         self.requests: list[Received] = []
         self._replies: deque[Reply] = deque()
         self._lock = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "FakeBedrock not started"
         scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "FakeBedrock not started"
-        return self._server.server_address[1]
+        assert self._http is not None, "FakeBedrock not started"
+        return self._http.port
 
     def start(self) -> str:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        if self.ssl_context is not None:
-            # The handshake happens in the handler thread, so a bad client never blocks accept().
-            self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True,
-                                                               do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-bedrock", daemon=True)
-        self._thread.start()
+        self._http = LoopbackServer(self._handler(), tls=self.ssl_context).start()
         return self.base_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def enqueue(self, *replies: Reply) -> None:
         """Replies for the next correctly signed requests, in order (then canned defaults)."""
@@ -396,16 +386,10 @@ class FakeBedrock:
             auth_error=None if failure is None else f"{failure.error_type}: {failure.message}",
         )
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self._handle()
 
@@ -413,9 +397,7 @@ class FakeBedrock:
                 self._handle()
 
             def _handle(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
+                headers, body = self.read_request()
                 received = fake._receive(self.command, self.path, headers, body)
                 self._send(fake._record(received))
 

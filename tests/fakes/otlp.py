@@ -12,7 +12,6 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -24,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.fakes.server import LoopbackServer, QuietHandler
 
 
 def value_of(v: AnyValue) -> Any:
@@ -67,28 +68,14 @@ class ReceivedPoint:
     bounds: list[float] = field(default_factory=list)
 
 
-class OtlpReceiver:
+class OtlpReceiver(LoopbackServer):
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.spans: list[ReceivedSpan] = []
         self.points: list[ReceivedPoint] = []
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, headers) of every export
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> OtlpReceiver:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(self._handler())
 
     def wait_spans(self, done: Any, timeout: float = 20) -> list[ReceivedSpan]:
         """The spans received so far, once `done(spans)` holds (or the timeout passed)."""
@@ -155,24 +142,19 @@ class OtlpReceiver:
             self.points.extend(points)
         return ExportMetricsServiceResponse().SerializeToString()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                encoding = self.headers.get("content-encoding", "")
+                headers, body = self.read_request()
+                encoding = headers.get("content-encoding", "")
                 if encoding == "gzip":
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
                 with receiver.lock:
-                    receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    receiver.requests.append((self.path, headers))
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 if self.path == "/v1/traces":

@@ -14,9 +14,8 @@ import hashlib
 import ipaddress
 import json
 import ssl
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -101,22 +100,9 @@ class TlsFakeUpstream(FakeUpstream):
     """The fake LLM upstream over TLS on `host`, plus Responses-over-WebSocket."""
 
     def __init__(self, context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
-        super().__init__()
-        self.host = host
         self.ws_messages: list[dict[str, Any]] = []
         self.ws_handshakes: list[tuple[str, dict[str, str]]] = []
-        if host != "127.0.0.1":
-            self.server.server_close()
-            self.server = ThreadingHTTPServer((host, 0), self._handler())
-            self.server.daemon_threads = True
-            self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        # The handshake happens in the handler thread, so a bad client never blocks accept().
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
-                                                 do_handshake_on_connect=False)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
+        super().__init__(host, context)
 
     @property
     def url(self) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.server import LoopbackServer, QuietHandler
 
 
 @dataclass
@@ -59,25 +61,11 @@ def sse(event: str | None, data: Any) -> bytes:
 _ids = itertools.count(1)
 
 
-class FakeUpstream:
-    def __init__(self) -> None:
+class FakeUpstream(LoopbackServer):
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Seen] = []
         self.replies: deque[Reply] = deque()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> FakeUpstream:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(self._handler(), host, tls)
 
     def queue(self, reply: Reply) -> Reply:
         self.replies.append(reply)
@@ -87,16 +75,10 @@ class FakeUpstream:
         self.requests.clear()
         self.replies.clear()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self.handle_any()
 
@@ -110,9 +92,8 @@ class FakeUpstream:
                 self.handle_any()
 
             def handle_any(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                headers, body = self.read_request()
+                seen = Seen(self.command, self.path, headers, body)
                 fake.requests.append(seen)
                 reply = fake.replies.popleft() if fake.replies else default_reply(seen)
                 self.send(reply)
