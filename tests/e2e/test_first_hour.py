@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from addons import __version__
-from addons.cli import round_cost
+from addons.cli.common import round_cost
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import ANTHROPIC_PROVIDER_KEY, clean_env, free_port
 

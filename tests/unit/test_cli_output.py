@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from addons import cli
+from addons.cli import common, data, query
 from addons.settings import config
 from addons.settings.durations import parse_duration
 from addons.settings.values import ConfigError
@@ -21,17 +22,17 @@ from addons.settings.values import ConfigError
     (0.0, 0.0),
 ])
 def test_costs_are_rounded(raw: float, shown: float) -> None:
-    assert cli.round_cost(raw) == shown
+    assert common.round_cost(raw) == shown
 
 
 def test_json_output_is_readable_and_rounds_only_costs() -> None:
-    text = cli.dump_json({"prompt": "wait…", "cost_usd": 0.0010674999999999999, "ratio": 0.1 + 0.2,
+    text = common.dump_json({"prompt": "wait…", "cost_usd": 0.0010674999999999999, "ratio": 0.1 + 0.2,
                           "tokens": [{"total_cost": 1 / 3}]}, indent=None)
     assert text == ('{"prompt": "wait…", "cost_usd": 0.0010675, "ratio": 0.30000000000000004, '
                     '"tokens": [{"total_cost": 0.333333}]}')
-    assert json.loads(cli.format_rows(["model", "cost_usd"], [["m…", 1 / 3]], "json")) == [
+    assert json.loads(query.format_rows(["model", "cost_usd"], [["m…", 1 / 3]], "json")) == [
         {"model": "m…", "cost_usd": 0.333333}]
-    assert "m…" in cli.format_rows(["model"], [["m…"]], "json")
+    assert "m…" in query.format_rows(["model"], [["m…"]], "json")
 
 
 def test_unknown_variables_name_the_closest_known_one() -> None:
@@ -90,7 +91,7 @@ def test_bash_completion(tmp_path: Path, words: list[str], expected: list[str]) 
 
 def test_prices_hint_names_the_file_to_edit(tmp_path: Path) -> None:
     row = {"provider": "openai", "model": "acme-9"}
-    default = cli.price_hint(config.load(None, {}), row)
+    default = data.price_hint(config.load(None, {}), row)
     assert default == (
         "To price a model, add an entry such as `- {provider: openai, model: acme-9, input: 3.00, output: 15.00}` "
         f"(USD per 1M tokens) to config/prices.yaml (in a checkout; it is {config.DEFAULT_PRICES_FILE}), or to your "
@@ -98,4 +99,4 @@ def test_prices_hint_names_the_file_to_edit(tmp_path: Path) -> None:
     own = tmp_path / "p.yaml"
     own.write_text("overrides: []\n")
     settings = config.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(own)})
-    assert f" to {own}, then restart" in cli.price_hint(settings, row)
+    assert f" to {own}, then restart" in data.price_hint(settings, row)

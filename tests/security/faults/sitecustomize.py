@@ -54,7 +54,7 @@ def _install() -> None:
 
     modules = []
     for info in pkgutil.walk_packages(addons.__path__, "addons."):
-        if info.name not in ("addons.cli", "addons.__main__"):
+        if info.name.split(".")[1] not in ("cli", "__main__"):  # the CLI package and `python -m` entry points
             modules.append(importlib.import_module(info.name))
     names = sorted(set(hooks.all_hooks) - NOT_FLOW_HOOKS)
     wrapped = []

@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import quote
 
 from addons.app import runtime
-from addons.cli import dump_json, fail, render_table, with_store
+from addons.cli.common import command, dump_json, fail, with_store
+from addons.cli.table import render_table
 from addons.settings.config import Settings
 
 ADMIN = "/api/v2/aibridge/admin"
@@ -46,12 +47,10 @@ def limit_changes(args: argparse.Namespace) -> dict[str, Any]:
     return changes
 
 
-def register(sub: Any, config_arguments: Any) -> None:
+def register(sub: Any) -> None:
     def action(group: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p = group.add_parser(name, help=help, description=help)
-        config_arguments(p)
+        p = command(group, name, func, help=help, description=help)
         p.add_argument("--json", action="store_true")
-        p.set_defaults(func=func)
         return p
 
     users = sub.add_parser("users", help="users: limits, budgets, groups").add_subparsers(metavar="ACTION")
