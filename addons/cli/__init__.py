@@ -19,7 +19,8 @@ from addons.app import runtime
 from addons.cli import data, governance, keys, query, serve, setup
 from addons.cli.common import fail
 from addons.settings import config
-from addons.settings.config import ConfigError, Settings
+from addons.settings.config import Settings
+from addons.settings.values import ConfigError
 
 __all__ = ["main"]
 

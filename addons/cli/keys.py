@@ -9,8 +9,8 @@ from addons.app import runtime
 from addons.cli.common import command, dump_json, fail, with_store
 from addons.cli.governance import add_limit_arguments, change, done, limit_changes, settings_text
 from addons.cli.table import render_table
-from addons.settings import config
 from addons.settings.config import Settings
+from addons.settings.durations import parse_duration
 
 _KEY_HELP = "the key's id (aigw_…) or the whole key"
 
@@ -38,7 +38,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from addons.store import governance as governance_store
     from addons.store import keys as keystore
 
-    expires = config.parse_duration(args.expires, "--expires", "never expires") if args.expires else None
+    expires = parse_duration(args.expires, "--expires", "never expires") if args.expires else None
     limits = limit_changes(args)
 
     def local(conn: Any) -> dict[str, Any]:
