@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from addons.settings.durations import parse_duration
+from addons.settings.values import ConfigError
 from addons.store.views import interception_facts_sql, session_summary_sql
 
 if TYPE_CHECKING:  # the CLI formats a gateway's answer without loading DuckDB
@@ -56,8 +57,6 @@ PROVIDER_TYPES = frozenset({"anthropic", "openai", "copilot"})
 STATUSES = frozenset({"completed", "failed", "cancelled"})
 MAX_LIMIT = 1000
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _TIME_HELP = "use a duration like 30d, 12h, 90m or an ISO date/time like 2025-06-01 or 2025-06-01T12:00:00Z"
 
 
@@ -67,7 +66,7 @@ _TIME_HELP = "use a duration like 30d, 12h, 90m or an ISO date/time like 2025-06
 def parse_since(text: str, now: datetime) -> datetime:
     """Parse a `--since`/`--until` value into an aware UTC datetime.
 
-    Accepts a duration back from `now` ("30d", "12h", "90m", "45s", "2w"), an ISO
+    Accepts a duration back from `now` ("30d", "12h", "90m", "45s", "2w"; settings/durations.py), an ISO
     date ("2025-06-01", midnight UTC) or an ISO timestamp ("2025-06-01T12:00:00Z";
     naive times are taken as UTC). Raises ValueError with a one-line message.
     """
@@ -75,10 +74,13 @@ def parse_since(text: str, now: datetime) -> datetime:
     if not raw:
         raise ValueError(f"empty time value: {_TIME_HELP}")
     now = _aware(now)
-    if m := _DURATION.match(raw):
-        amount, unit = int(m.group(1)), m.group(2).lower()
+    try:
+        back = parse_duration(raw, "time value", weeks=True) or timedelta()
+    except ConfigError:
+        pass  # an ISO date or time
+    else:
         try:
-            return now - timedelta(**{_UNITS[unit]: amount})
+            return now - back
         except OverflowError:
             raise ValueError(f"time value {raw!r} is too far in the past") from None
     try:

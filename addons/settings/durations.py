@@ -1,7 +1,7 @@
 """The one duration grammar of aigw: ``90d``, ``720h``, ``30m``, ``45s``, ``1h30m``, ``500ms``.
 
 Settings, mitmproxy ``aigw_*`` options, key expiry and the analysts' look-backs
-(``--since 30d``) all read durations with :func:`parse_duration`.
+(``--since 30d``, which also take weeks: ``2w``) all read durations with :func:`parse_duration`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from typing import Any
 
 from addons.settings.values import ConfigError
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
-_DURATION_UNIT = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "ms": "milliseconds"}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|w|d|h|m|s)")
+_DURATION_UNIT = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds", "ms": "milliseconds"}
 
 
-def parse_duration(text: str, name: str, zero: str | None = None) -> timedelta | None:
-    """Parse ``90d``, ``720h``, ``30m``, ``45s``, ``1h30m``, ``500ms``.
+def parse_duration(text: str, name: str, zero: str | None = None, *, weeks: bool = False) -> timedelta | None:
+    """Parse ``90d``, ``720h``, ``30m``, ``45s``, ``1h30m``, ``500ms`` (and ``2w`` when `weeks`).
 
+    Only the analysts' look-backs (``--since 2w``) take weeks; settings never did.
     ``0`` (or any zero duration) returns None, whose meaning is the caller's: `zero` says it in the
     error (e.g. "keeps forever"). Anything else raises :class:`ConfigError` naming `name`.
     """
@@ -29,11 +30,12 @@ def parse_duration(text: str, name: str, zero: str | None = None) -> timedelta |
     )
     if cleaned == "0":
         return None
-    if not cleaned or _DURATION_PART.sub("", cleaned):
+    parts = _DURATION_PART.findall(cleaned)
+    if not cleaned or _DURATION_PART.sub("", cleaned) or (not weeks and any(u == "w" for _, u in parts)):
         raise error
     try:
         total = sum(
-            (timedelta(**{_DURATION_UNIT[unit]: float(n)}) for n, unit in _DURATION_PART.findall(cleaned)),
+            (timedelta(**{_DURATION_UNIT[unit]: float(n)}) for n, unit in parts),
             timedelta(),
         )
     except OverflowError:
