@@ -19,8 +19,8 @@ from addons.sinks.recorder import Recorder
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
 from addons.store import lake
+from addons.store.recovery import recover_open_interceptions
 from addons.store.rollup import refresh as refresh_rollup
-from addons.store.writer import recover_open_interceptions
 
 log = logging.getLogger("aigw.replicas")
 T = TypeVar("T")

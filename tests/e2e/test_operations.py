@@ -23,8 +23,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from addons.store.recovery import RECOVERED_ERROR
 from addons.store.schema import CHILD_TABLES
-from addons.store.writer import RECOVERED_ERROR
 from tests.fakes.upstream import FakeUpstream, Gate, Reply, anthropic_events
 from tests.gateway_process import (
     ANTHROPIC_PROVIDER_KEY,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.store.writer import RECOVERED_ERROR
+from addons.store.recovery import RECOVERED_ERROR
 from tests.e2e.test_operations import StreamClient, held_stream, wait_until
 from tests.fakes.upstream import FakeUpstream
 from tests.faults.test_recorder_spool import counts, fail_the_wal, recorded, send, spool_files, spooled

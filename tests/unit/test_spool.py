@@ -21,8 +21,9 @@ import pytest
 
 from addons.flow.records import InterceptionEnd, PromptRecord, ThoughtRecord
 from addons.store.db import connect
+from addons.store.recovery import RECOVERED_ERROR
 from addons.store.spool import MARKER_TABLE, SUFFIX, Spool, spool_dir
-from addons.store.writer import RECOVERED_ERROR, RecordWriter
+from addons.store.writer import RecordWriter
 from tests.unit.test_store_writer import T0, count, end, prompt, start, token, tool, uid
 
 TOKENS_DDL = (

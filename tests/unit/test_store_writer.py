@@ -1,4 +1,4 @@
-"""The DuckDB record writer (addons/store/writer.py) and connection helper (db.py)."""
+"""The DuckDB record writer (addons/store/writer.py, batch.py, threads.py, commit.py) and connection helper (db.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ from addons.flow.records import (
     ToolUsageRecord,
 )
 from addons.store import schema
+from addons.store.batch import merge_patch
 from addons.store.db import DatabaseLockedError, connect, utcnow
-from addons.store.writer import RecordWriter, merge_patch, recover_open_interceptions
+from addons.store.recovery import recover_open_interceptions
+from addons.store.writer import RecordWriter
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 USER = "0b6f5a1e-8d0c-4f7e-9a51-3f1e2c4d5e6f"
@@ -272,7 +274,7 @@ def test_start_and_end_in_one_batch_make_one_complete_row(db):
     iid = uid()
     s = start(iid, meta={"a": 1, "nested": {"x": 1, "y": 2}})
     e = end(iid, status="failed", meta={"error": "boom", "nested": {"y": None, "z": 3}})
-    plan = w._plan([s, e])
+    plan = w._planner.plan([s, e], None)
     assert plan.ends == {}  # merged: no UPDATE needed
     assert len(plan.interceptions) == 1
     w.start()
@@ -547,4 +549,4 @@ def test_prompt_recorded_at_start_gets_the_response_id_from_the_end(db, writer):
     writer.submit(end(none, status="failed", meta={"error": "upstream answered HTTP 500"}))
     assert writer.flush()
     assert dict(db.execute(ids).fetchall()) == {same: "msg_same", later: "msg_later", none: None}
-    assert len(writer._open_prompts) == 0
+    assert len(writer._planner.open_prompts) == 0
