@@ -263,43 +263,37 @@ class StructuredLog:
             self.log.handle(entry)
 
     def fields(self, r: Record) -> dict[str, Any] | None:
-        kind = type(r)
-        if kind is InterceptionStart:
-            assert isinstance(r, InterceptionStart)
-            common = {"initiator_id": r.initiator_id, "provider": r.provider, "provider_name": r.provider_name,
-                      "model": r.model, "client": r.client}
-            if len(self.common) >= self.MAX_OPEN:
-                self.common.pop(next(iter(self.common)))
-            self.common[r.id] = common
-            return {"record_type": "interception_start", "interception_id": r.id, **common,
-                    "api_key_id": r.api_key_id, "client_session_id": r.client_session_id,
-                    "credential_kind": r.credential_kind, "started_at": r.started_at, "metadata": r.metadata,
-                    "correlating_tool_call_id": r.correlating_tool_call_id}
-        if kind is InterceptionEnd:
-            assert isinstance(r, InterceptionEnd)
-            return {"record_type": "interception_end", "interception_id": r.id, **self.common.pop(r.id, {}),
-                    "ended_at": r.ended_at, "status": r.status, "metadata": r.metadata}
-        if kind is TokenUsageRecord:
-            assert isinstance(r, TokenUsageRecord)
-            return {"record_type": "token_usage", **self._of(r.interception_id), "msg_id": r.provider_response_id,
-                    "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
-                    "cache_read_input_tokens": r.cache_read_input_tokens,
-                    "cache_write_input_tokens": r.cache_write_input_tokens, "metadata": r.metadata,
-                    "created_at": r.created_at}
-        if kind is PromptRecord:
-            assert isinstance(r, PromptRecord)
-            return {"record_type": "prompt_usage", **self._of(r.interception_id), "msg_id": r.provider_response_id,
-                    "prompt": r.prompt, "created_at": r.created_at}
-        if kind is ToolUsageRecord:
-            assert isinstance(r, ToolUsageRecord)
-            return {"record_type": "tool_usage", **self._of(r.interception_id), "msg_id": r.provider_response_id,
-                    "tool_call_id": r.provider_tool_call_id, "tool": r.tool, "input": r.input,
-                    "server_url": r.server_url, "injected": r.injected, "invocation_error": r.invocation_error,
-                    "created_at": r.created_at}
-        if kind is ThoughtRecord:
-            assert isinstance(r, ThoughtRecord)
-            return {"record_type": "model_thought", **self._of(r.interception_id), "content": r.content,
-                    "metadata": r.metadata, "created_at": r.created_at}
+        match r:
+            case InterceptionStart():
+                common = {"initiator_id": r.initiator_id, "provider": r.provider, "provider_name": r.provider_name,
+                          "model": r.model, "client": r.client}
+                if len(self.common) >= self.MAX_OPEN:
+                    self.common.pop(next(iter(self.common)))
+                self.common[r.id] = common
+                return {"record_type": "interception_start", "interception_id": r.id, **common,
+                        "api_key_id": r.api_key_id, "client_session_id": r.client_session_id,
+                        "credential_kind": r.credential_kind, "started_at": r.started_at, "metadata": r.metadata,
+                        "correlating_tool_call_id": r.correlating_tool_call_id}
+            case InterceptionEnd():
+                return {"record_type": "interception_end", "interception_id": r.id, **self.common.pop(r.id, {}),
+                        "ended_at": r.ended_at, "status": r.status, "metadata": r.metadata}
+            case TokenUsageRecord():
+                return {"record_type": "token_usage", **self._of(r.interception_id),
+                        "msg_id": r.provider_response_id, "input_tokens": r.input_tokens,
+                        "output_tokens": r.output_tokens, "cache_read_input_tokens": r.cache_read_input_tokens,
+                        "cache_write_input_tokens": r.cache_write_input_tokens, "metadata": r.metadata,
+                        "created_at": r.created_at}
+            case PromptRecord():
+                return {"record_type": "prompt_usage", **self._of(r.interception_id),
+                        "msg_id": r.provider_response_id, "prompt": r.prompt, "created_at": r.created_at}
+            case ToolUsageRecord():
+                return {"record_type": "tool_usage", **self._of(r.interception_id),
+                        "msg_id": r.provider_response_id, "tool_call_id": r.provider_tool_call_id, "tool": r.tool,
+                        "input": r.input, "server_url": r.server_url, "injected": r.injected,
+                        "invocation_error": r.invocation_error, "created_at": r.created_at}
+            case ThoughtRecord():
+                return {"record_type": "model_thought", **self._of(r.interception_id), "content": r.content,
+                        "metadata": r.metadata, "created_at": r.created_at}
         return None
 
     def _of(self, interception_id: str) -> dict[str, Any]:

@@ -226,19 +226,19 @@ class Metrics:
     # -- recorder sink -----------------------------------------------------------
 
     def __call__(self, record: Record) -> None:
-        kind = type(record)
-        if kind is InterceptionStart:
-            self.started(record)  # type: ignore[arg-type]
-        elif kind is InterceptionEnd:
-            self.ended(record)  # type: ignore[arg-type]
-        elif kind is TokenUsageRecord:
-            self.tokens(record)  # type: ignore[arg-type]
-        elif kind is PromptRecord:
-            o = self.open.get(record.interception_id)  # type: ignore[union-attr]
-            if o is not None:
-                self.child(PROMPTS, o.provider, o.model, o.initiator, o.client).inc()
-        elif kind is ToolUsageRecord:
-            self.tool(record)  # type: ignore[arg-type]
+        match record:
+            case InterceptionStart():
+                self.started(record)
+            case InterceptionEnd():
+                self.ended(record)
+            case TokenUsageRecord():
+                self.tokens(record)
+            case PromptRecord():
+                o = self.open.get(record.interception_id)
+                if o is not None:
+                    self.child(PROMPTS, o.provider, o.model, o.initiator, o.client).inc()
+            case ToolUsageRecord():
+                self.tool(record)
 
     def started(self, r: InterceptionStart) -> None:
         if len(self.open) >= self.MAX_OPEN:  # an end never came; do not grow without bound
