@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from mitmproxy import exceptions, http, options
+from mitmproxy import exceptions, options
 from mitmproxy.proxy.layers.http import _http1
 
-from addons.app import ca, runtime, workers
+from addons.app import ca, runtime
 from addons.app.engine import AigwMaster, use_hook_table
+from addons.app.workers.link import ForwardAdmin, WorkerLink
+from addons.app.workers.process import loop_factory, name_otel_resource, tag_logs
+from addons.app.workers.supervisor import Supervisor
 from addons.chain.admin import AdminApi, KeyUsageFlusher
 from addons.chain.analytics import RollupRefresher, SnapshotPublisher
 from addons.chain.auth import KeyCache
@@ -34,8 +37,9 @@ from addons.chain.routing import Router
 from addons.chain.shutdown import GracefulShutdown
 from addons.chain.timeouts import CONNECT_TIMEOUT, UpstreamTimeouts
 from addons.flow.records import TokenUsageRecord
+from addons.flow.state import FlowStates
 from addons.pricing import Pricer, usage_price
-from addons.providers.base import any_error
+from addons.providers.errors import any_error, json_response
 from addons.settings.config import PROPAGATE_WITHOUT_OTEL, Settings
 from addons.sinks.dumps import Dumps
 from addons.sinks.logs import Logs, LogSetupError, setup_logging
@@ -45,8 +49,8 @@ from addons.sinks.redaction import configured_secrets
 from addons.store import db, lake
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
-from addons.upstreams.bedrock import BedrockUpstreams
 from addons.upstreams.keypool import KeyFailover
+from addons.upstreams.strategies import BedrockUpstreams
 
 log = logging.getLogger("aigw")
 
@@ -65,12 +69,7 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
         body = any_error(f"gateway could not reach the upstream: {message}", "api_error", "upstream_error")
     else:  # 400: unparseable request, 413: body over the limit (addons/chain/guard.py)
         body = any_error(message, _PROTOCOL_ERROR_TYPES.get(status_code, "api_error"))
-    response = http.Response.make(
-        status_code,
-        body,
-        {"content-type": "application/json", "connection": "close"},
-    )
-    return _http1.http1.assemble_response(response)
+    return _http1.http1.assemble_response(json_response(status_code, body, {"connection": "close"}))
 
 
 def prepare_process() -> None:
@@ -95,7 +94,7 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         print(f"aigw: {e}", file=sys.stderr)
         return 1
     if settings.workers > 1:
-        workers.tag_logs(log_output.handler, 0)
+        tag_logs(log_output.handler, 0)
     for warning in settings.unknown_variables:
         log.warning(warning)
     if settings.otel_propagate_upstream and not settings.otel:
@@ -107,7 +106,7 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
     recorder = Recorder(settings)
     metrics_server: MetricsServer | None = None
     otel_pipeline = None
-    supervisor: workers.Supervisor | None = None
+    supervisor: Supervisor | None = None
     try:
         try:
             # Metrics hooks before the writer starts: its startup replay's failures and drops count too.
@@ -122,7 +121,7 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         assert recorder.writer is not None
         keys = KeyCache(recorder.writer.call(keystore.load_keys))
         if settings.workers > 1:
-            supervisor = workers.Supervisor(settings, list(sets), quiet, recorder, keys)
+            supervisor = Supervisor(settings, list(sets), quiet, recorder, keys)
             recorder.worker = 0
         if settings.prometheus_enable:
             try:
@@ -135,7 +134,7 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
             from addons.sinks import otel  # only here: a gateway without OTel loads none of the SDK
 
             if supervisor is not None:
-                workers.name_otel_resource(0)
+                name_otel_resource(0)
             try:
                 otel_pipeline = otel.build_pipeline()
             except otel.OtelSetupError as e:
@@ -143,7 +142,7 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
                 return 1
         return asyncio.run(serve(settings, recorder, keys, sets=sets, web=web, quiet=quiet,
                                  otel_pipeline=otel_pipeline, supervisor=supervisor),
-                           loop_factory=workers.loop_factory(settings))
+                           loop_factory=loop_factory(settings))
     except exceptions.OptionsError as e:  # a bad --set value
         print(f"aigw: {e}", file=sys.stderr)
         return 1
@@ -159,27 +158,27 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
 
 
 def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, quiet: bool) -> int:
-    """A worker process of `aigw serve --workers N` (addons/app/workers.py): records through the primary."""
+    """A worker process of `aigw serve --workers N` (addons/app/workers/): records through the primary."""
     prepare_process()
     try:
         log_output = setup_logging(settings, "warn" if quiet else "info")
     except LogSetupError as e:
         print(f"aigw: {e}", file=sys.stderr)
         return 1
-    workers.tag_logs(log_output.handler, worker)
+    tag_logs(log_output.handler, worker)
     otel_pipeline = None
     try:
         if settings.otel:
             from addons.sinks import otel
 
-            workers.name_otel_resource(worker)
+            name_otel_resource(worker)
             try:
                 otel_pipeline = otel.build_pipeline()
             except otel.OtelSetupError as e:
                 print(f"aigw: {e}", file=sys.stderr)
                 return 1
         return asyncio.run(serve_worker(settings, sets, worker, path, quiet, otel_pipeline),
-                           loop_factory=workers.loop_factory(settings))
+                           loop_factory=loop_factory(settings))
     except exceptions.OptionsError as e:
         print(f"aigw: {e}", file=sys.stderr)
         return 1
@@ -191,7 +190,7 @@ def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, 
 
 async def serve_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, quiet: bool,
                        otel_pipeline: Any) -> int:
-    link = workers.WorkerLink(worker, path)
+    link = WorkerLink(worker, path)
     state = await link.connect()
     keys = KeyCache(state["keys"])
     keys.admin_token = state["token"]  # the one in the runtime file, for CLI calls a worker forwards
@@ -202,7 +201,7 @@ async def serve_worker(settings: Settings, sets: Sequence[str], worker: int, pat
         await link.close()  # the last records, after the drain
 
 
-async def start_governance(settings: Settings, recorder: Recorder, interceptor: Interceptor,
+async def start_governance(settings: Settings, recorder: Recorder, interceptor: Interceptor, flows: FlowStates,
                            price: Callable[[TokenUsageRecord], float | None],
                            priced: Callable[[str, str], bool]) -> Governance:
     """Limits and budgets, with the policy and this period's spend read from the database (off the loop)."""
@@ -211,7 +210,7 @@ async def start_governance(settings: Settings, recorder: Recorder, interceptor: 
     start, end = period_bounds(settings.governance.budget_period, datetime.now(UTC))
     policy = await asyncio.to_thread(writer.call, governance_store.load_policy)
     spend = await asyncio.to_thread(writer.call, lambda conn: governance_store.spend_by_user(conn, start, end))
-    return Governance(settings.governance, interceptor, policy, spend, price, priced)
+    return Governance(settings.governance, interceptor, flows, policy, spend, price, priced)
 
 
 def replica_addons(settings: Settings, recorder: Recorder, keys: KeyCache, governance: Governance) -> list[object]:
@@ -257,11 +256,12 @@ def check_choices(opts: options.Options, sets: Sequence[str]) -> None:
                                           f"(expected one of {', '.join(option.choices)})")
 
 
-async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, keys: KeyCache, *,
+async def serve(settings: Settings, recorder: Recorder | WorkerLink, keys: KeyCache, *,
                 sets: Sequence[str], web: bool, quiet: bool, otel_pipeline: Any = None,
-                supervisor: workers.Supervisor | None = None, link: workers.WorkerLink | None = None) -> int:
+                supervisor: Supervisor | None = None, link: WorkerLink | None = None) -> int:
     """Run one gateway process: the only one, the primary of several (`supervisor`), or a worker (`link`,
     which then stands in for the recorder)."""
+    flows = FlowStates()  # the per-flow state every addon below shares
     opts = options.Options()
     # No termlog: addons/sinks/logs.py owns the log output (format and destination) for everything.
     web_addons: list[object] = []
@@ -270,7 +270,7 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
 
         master: object = AigwWebMaster(opts, configured_secrets(settings))  # redacts what the UI receives
         use_hook_table(master)  # type: ignore[arg-type]
-        web_addons.append(WebUi())
+        web_addons.append(WebUi(flows))
     else:
         master = AigwMaster(opts)
     # mitmproxy's bridge to the deprecated `add_log` hook formats every log record and
@@ -278,34 +278,34 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
     # the largest single cost per request in scripts/bench (see BENCHMARKS.md).
     master._legacy_log_events.uninstall()  # type: ignore[attr-defined]
     bedrock = BedrockUpstreams(settings)
-    interceptor = Interceptor(recorder.record, bedrock.upstream_for)
-    shutdown = GracefulShutdown(interceptor)
-    guard = Guard(settings, interceptor.fail)
+    interceptor = Interceptor(flows, recorder.record, bedrock.upstream_for)
+    shutdown = GracefulShutdown(interceptor, flows)
+    guard = Guard(settings, flows, interceptor.fail)
     metrics_addons: list[object] = []
     # The governance, Prometheus and OTel sinks price token rows as the writer does (rates cached per model).
     pricer = Pricer(settings.prices_file)
     price = usage_price(pricer)
     priced = lambda provider, model: pricer.rates(provider, model) is not None  # noqa: E731
     if isinstance(recorder, Recorder):
-        governance = await start_governance(settings, recorder, interceptor, price, priced)
+        governance = await start_governance(settings, recorder, interceptor, flows, price, priced)
     else:  # a worker: the policy and the period's spend come from the primary, and follow its changes
-        governance = Governance(settings.governance, interceptor, recorder.state["policy"],
+        governance = Governance(settings.governance, interceptor, flows, recorder.state["policy"],
                                 dict(recorder.state["spend"]), price, priced)
     recorder.sinks.append(governance)
     if settings.prometheus_enable:
         writer = recorder.writer
-        metrics_sink = Metrics((lambda: writer.queue_depth) if writer is not None else None, price)
+        metrics_sink = Metrics(flows, (lambda: writer.queue_depth) if writer is not None else None, price)
         recorder.sinks.append(metrics_sink)  # the writer's hooks were chained when it opened
         metrics_addons.append(metrics_sink)
     otel_addons: list[object] = []
     if otel_pipeline is not None:
         from addons.sinks import otel
 
-        otel_sink = otel.OtelSink(settings, otel_pipeline, price)
+        otel_sink = otel.OtelSink(settings, flows, otel_pipeline, price)
         recorder.sinks.append(otel_sink)
         otel_addons.append(otel_sink)  # its request hook notes the request's credentials, to scrub from the span
         if settings.otel_propagate_upstream:
-            otel_addons.append(otel.PropagateUpstream())
+            otel_addons.append(otel.PropagateUpstream(flows))
     # The database's own addons run where the database is; a worker forwards admin calls there.
     admin: AdminApi | None = None
     if isinstance(recorder, Recorder):
@@ -317,22 +317,22 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
         retention: list[object] = [Retention(settings.retention, recorder.writer,
                                              lease=retention_lease(settings))]
     else:
-        admin_addons, database_addons, retention = [workers.ForwardAdmin(recorder)], [], []
+        admin_addons, database_addons, retention = [ForwardAdmin(recorder)], [], []
     master.addons.add(  # type: ignore[attr-defined]
         guard,  # first: refuses malformed requests; the engine's fail-closed path (addons/chain/guard.py)
         shutdown,  # refuses new requests while draining
         Logs(settings, recorder.sinks),
-        *proxy_addons(settings, keys),  # transparent proxy: before the gateway routes
-        Router(settings, keys),
+        *proxy_addons(settings, keys, flows),  # transparent proxy: before the gateway routes
+        Router(settings, keys, flows),
         *admin_addons,
         interceptor,
         governance,  # right after the interceptor: a refusal is a failed interception, never an upstream failure
         *otel_addons,  # after the interceptor: the traceparent derives from the interception id
-        KeyFailover(),
+        KeyFailover(flows),
         # After the key failover (a 429 cools the key first) and before the timeouts (a refused request
         # is never watched); the timeouts' responseheaders wraps the stream tap the interceptor set.
-        *([CircuitBreakers(settings.circuit_breaker, interceptor)] if settings.circuit_breaker else []),
-        UpstreamTimeouts(settings.upstream_connect_timeout, settings.upstream_idle_timeout),
+        *([CircuitBreakers(settings.circuit_breaker, interceptor, flows)] if settings.circuit_breaker else []),
+        UpstreamTimeouts(flows, settings.upstream_connect_timeout, settings.upstream_idle_timeout),
         *database_addons,
         bedrock,
         recorder,  # a worker's link: refuses new requests while its records wait (back-pressure)
@@ -340,7 +340,7 @@ async def serve(settings: Settings, recorder: Recorder | workers.WorkerLink, key
         *retention,
         *web_addons,
         DefaultDeny(guard),  # refuses what no addon chose an upstream for
-        Dumps(settings),  # last: dumps the request exactly as it goes upstream
+        Dumps(settings, flows),  # last: dumps the request exactly as it goes upstream
     )
     # AWS credentials resolve on threads; wait for them (off the loop) before serving.
     await bedrock.start()

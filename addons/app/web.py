@@ -47,7 +47,7 @@ from mitmproxy.tools.web import app
 from mitmproxy.tools.web.master import WebMaster
 
 from addons.chain import routing
-from addons.flow import state as context
+from addons.flow.state import FlowContext, FlowStates
 from addons.sinks import redaction
 
 log = logging.getLogger("aigw.web")
@@ -378,9 +378,8 @@ class AigwWebMaster(WebMaster):
 # --------------------------------------------------------------------------- addon
 
 
-def comment_for(flow: http.HTTPFlow) -> str:
+def comment_for(flow: http.HTTPFlow, ctx: FlowContext | None) -> str:
     """`alice · anthropic · claude-sonnet-4-5 · completed · in 25 out 12 cache r100 w7`."""
-    ctx = context.get(flow)
     if ctx is None:
         return ""
     parts = [ctx.identity.user_name, ctx.instance.name]
@@ -404,6 +403,9 @@ def comment_for(flow: http.HTTPFlow) -> str:
 
 class WebUi:
     """Addon (aigw web only): flow comments, failure marks, the flow bound, credential scrubbing."""
+
+    def __init__(self, flows: FlowStates) -> None:
+        self.flows = flows
 
     def load(self, loader: Any) -> None:
         loader.add_option("aigw_web_max_flows", int, DEFAULT_MAX_FLOWS,
@@ -462,7 +464,7 @@ class WebUi:
         self.annotate(flow)
 
     def annotate(self, flow: http.HTTPFlow) -> None:
-        comment = comment_for(flow)
+        comment = comment_for(flow, self.flows.get(flow))
         if comment:
             flow.comment = comment
         if flow.metadata.get("aigw_status") == "failed" and not flow.marked:

@@ -25,11 +25,10 @@ from mitmproxy import http
 
 from addons.chain.breaker import Breaker, BreakerSettings, State
 from addons.chain.intercept import Interceptor
-from addons.flow import state as context
-from addons.flow.state import FlowContext
+from addons.flow.state import FlowContext, FlowStates
 from addons.providers.base import Api
 from addons.sinks import metrics
-from addons.upstreams.base import UPSTREAM_ERROR, client_left
+from addons.upstreams.base import client_left
 
 log = logging.getLogger("aigw.circuit")
 
@@ -50,10 +49,11 @@ def is_failure(status: int, ctx: FlowContext) -> bool:
 
 
 class CircuitBreakers:
-    def __init__(self, settings: BreakerSettings, interceptor: Interceptor,
+    def __init__(self, settings: BreakerSettings, interceptor: Interceptor, flows: FlowStates,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.interceptor = interceptor
+        self.flows = flows
         self.clock = clock
         self.breakers: dict[Key, Breaker] = {}
         self.models: dict[tuple[str, str], int] = {}  # (instance, endpoint): distinct models with a breaker
@@ -86,7 +86,7 @@ class CircuitBreakers:
         return found
 
     def request(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is not None or ctx.interception is None or ctx.interception.ended:
             return
         key = self.key(ctx)
@@ -125,7 +125,7 @@ class CircuitBreakers:
             return
         ctx, breaker, ticket = taken
         status = flow.response.status_code if flow.response is not None else 0
-        if UPSTREAM_ERROR in ctx.extra or is_failure(status, ctx):
+        if ctx.upstream_error is not None or is_failure(status, ctx):
             breaker.failure(ticket)
         else:
             breaker.success(ticket)
@@ -142,7 +142,7 @@ class CircuitBreakers:
     def _outcome(self, flow: http.HTTPFlow) -> tuple[FlowContext, Breaker, int] | None:
         """The flow's context and ticket, once: the flow's outcome is reported at most once."""
         taken = self.tickets.pop(flow, None)
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if taken is None or ctx is None:
             return None
         return ctx, *taken

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy import http
 
-from addons.chain.intercept import Interception, Interceptor
+from addons.chain.intercept import Interceptor
 from addons.chain.limits import (
     WINDOW,
     GovernanceSettings,
@@ -37,9 +37,8 @@ from addons.chain.limits import (
     period_bounds,
     retry_after_header,
 )
-from addons.flow import state as context
 from addons.flow.records import InterceptionEnd, InterceptionStart, Record, TokenUsageRecord
-from addons.flow.state import FlowContext
+from addons.flow.state import FlowContext, FlowStates, Interception
 from addons.providers.base import Api
 from addons.sinks import metrics
 from addons.store.governance import Policy, model_refusal
@@ -88,12 +87,13 @@ class Refusal:
 
 
 class Governance:
-    def __init__(self, settings: GovernanceSettings, interceptor: Interceptor, policy: Policy,
+    def __init__(self, settings: GovernanceSettings, interceptor: Interceptor, flows: FlowStates, policy: Policy,
                  spend: dict[str, float], price: Callable[[TokenUsageRecord], float | None],
                  priced: Callable[[str, str], bool], clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.settings = settings
         self.interceptor = interceptor
+        self.flows = flows
         self.policy = policy
         self.price = price  # USD of a token row, None when its model has no price
         self.priced = priced  # (provider type, model) -> whether a price is known
@@ -113,7 +113,7 @@ class Governance:
     # -- checks ----------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is not None or ctx.interception is None or ctx.interception.ended:
             return
         refusal = self.check(flow, ctx, ctx.interception)
@@ -123,7 +123,7 @@ class Governance:
         ctx.interception.metadata["limit"] = refusal.reason
         self.budget_headers(refusal.headers, ctx)
         # Not the provider's 429: the key failover must not cool the key it picked for this request.
-        ctx.extra.pop("provider_key", None)
+        ctx.provider_key = None
         self.interceptor.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type, refusal.headers)
 
     def check(self, flow: http.HTTPFlow, ctx: FlowContext, interception: Interception) -> Refusal | None:
@@ -239,7 +239,7 @@ class Governance:
     # -- response headers ------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is None or ctx.interception is None:
             return
         admitted = self.admitted.get(ctx.interception.id)

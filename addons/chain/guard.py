@@ -34,10 +34,12 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 from addons.chain.proxy_policy import build_host_map, configured_destinations, is_bedrock_runtime_host, normalise_host
-from addons.chain.routing import json_response, split_gateway_path
+from addons.chain.routing import split_gateway_path
 from addons.flow import state as context
-from addons.providers.base import any_error
-from addons.providers.registry import BEDROCK, PROVIDERS, error_body
+from addons.flow.state import FlowStates, Target
+from addons.providers.bedrock import BEDROCK
+from addons.providers.errors import any_error, error_body, json_response
+from addons.providers.registry import PROVIDERS
 from addons.sinks.redaction import is_sensitive_header
 
 if TYPE_CHECKING:
@@ -47,25 +49,20 @@ log = logging.getLogger("aigw.guard")
 
 # -- the upstream decision -----------------------------------------------------------------
 
-type Target = tuple[str, str, int]
-
-# Weakly keyed like addons.flow.state: nothing serialisable is put on the flow.
-_chosen: weakref.WeakKeyDictionary[http.HTTPFlow, Target] = weakref.WeakKeyDictionary()
-
 
 def _target(flow: http.HTTPFlow) -> Target:
     request = flow.request
     return request.scheme, normalise_host(request.host), request.port
 
 
-def allow_upstream(flow: http.HTTPFlow) -> None:
+def allow_upstream(flows: FlowStates, flow: http.HTTPFlow) -> None:
     """Record that aigw chose where this request goes: the request's target as it is now."""
-    _chosen[flow] = _target(flow)
+    flows.choose_upstream(flow, _target(flow))
 
 
-def upstream_allowed(flow: http.HTTPFlow) -> bool:
+def upstream_allowed(flows: FlowStates, flow: http.HTTPFlow) -> bool:
     """Whether an upstream was chosen, and the request still points at it."""
-    chosen = _chosen.get(flow)
+    chosen = flows.chosen_upstream(flow)
     return chosen is not None and chosen == _target(flow)
 
 
@@ -189,8 +186,10 @@ class Guard:
 
     name = "aigw_guard"
 
-    def __init__(self, settings: Settings, on_failure: Callable[[http.HTTPFlow, str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, flows: FlowStates,
+                 on_failure: Callable[[http.HTTPFlow, str], None] | None = None) -> None:
         self.settings = settings
+        self.flows = flows
         self.on_failure = on_failure  # ends the flow's interception as failed (Interceptor.fail)
         self.host_map = build_host_map(settings)
         # Responses replaced after a failure in `responseheaders`: their error body, restored in `response`.
@@ -237,7 +236,7 @@ class Guard:
         return json_response(status, body, {"connection": "close"} if status >= 500 or status == 431 else None)
 
     def shape(self, flow: http.HTTPFlow) -> tuple[str | None, Any]:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is not None:
             return ctx.instance.type, ctx.route.api
         request = flow.request
@@ -341,9 +340,9 @@ class DefaultDeny:
         self.destinations = configured_destinations(guard.settings)
 
     def permitted(self, flow: http.HTTPFlow) -> bool:
-        if not upstream_allowed(flow):
+        if not upstream_allowed(self.guard.flows, flow):
             return False
-        if context.get(flow) is None:
+        if self.guard.flows.get(flow) is None:
             return True  # a relay (proxy mode): the client's host, address-checked at dial time
         # Routed to an instance: only where an administrator pointed it, or (Bedrock-native clients with
         # their own signature) the Bedrock runtime host they tunnelled to, on a port the proxy allowed.
@@ -360,7 +359,7 @@ class DefaultDeny:
             self.guard.on_failure(flow, message)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None and not upstream_allowed(flow):
+        if flow.response is None and not upstream_allowed(self.guard.flows, flow):
             self.deny(flow)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -24,9 +23,8 @@ from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http
 
 from addons.chain.guard import allow_upstream
-from addons.chain.routing import inject_credential, json_response
+from addons.chain.routing import inject_credential
 from addons.flow import clients
-from addons.flow import state as context
 from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -36,10 +34,10 @@ from addons.flow.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
-from addons.flow.state import FlowContext
+from addons.flow.state import FlowContext, FlowStates, Interception
 from addons.providers.base import Api
-from addons.providers.registry import error_body
-from addons.upstreams.base import UPSTREAM_ERROR, Refusal, Upstream, client_left
+from addons.providers.errors import error_body, json_response
+from addons.upstreams.base import Refusal, Upstream, client_left
 from addons.wire import anthropic, chat, responses
 from addons.wire.encoding import BodyError, decode_body
 from addons.wire.model import RequestInfo, ResponseSummary
@@ -51,22 +49,6 @@ PARSERS: dict[Api, ModuleType] = {Api.MESSAGES: anthropic, Api.CHAT: chat, Api.R
 MAX_BODY_DEFAULT = 32 * 1024 * 1024
 # Forcing include_usage adds this field to every chunk; the client would not have seen it.
 USAGE_NULL = (b',"usage":null', b', "usage": null')
-
-
-@dataclass(slots=True)
-class Interception:
-    id: str
-    api: Api
-    started_at: datetime
-    info: RequestInfo
-    parser: Any = None  # the wire module's StreamParser, once streaming
-    hide_usage: bool = False
-    summary: ResponseSummary | None = None
-    ended: bool = False
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # Merged into the token usage row's metadata (e.g. Bedrock's token-count headers).
-    token_metadata: dict[str, Any] = field(default_factory=dict)
-    first_chunk_at: datetime | None = None  # stamped by the stream tap
 
 
 def _strip_usage_null(raw: bytes) -> bytes:
@@ -155,8 +137,9 @@ DIRECT = DirectUpstream()
 
 
 class Interceptor:
-    def __init__(self, record: Callable[[Record], None],
+    def __init__(self, flows: FlowStates, record: Callable[[Record], None],
                  upstream_for: Callable[[FlowContext], Upstream | None] | None = None) -> None:
+        self.flows = flows
         self.record = record
         # Picks a non-default upstream strategy (e.g. Bedrock) for a flow; None: the provider's API.
         self._upstream_for = upstream_for
@@ -171,7 +154,7 @@ class Interceptor:
     # -- request ---------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is not None or not ctx.route.intercepted:
             return
         length = flow.request.headers.get("content-length", "")
@@ -181,7 +164,7 @@ class Interceptor:
                         f"{mitm_ctx.options.aigw_max_body_size}", "request_too_large")
 
     def request(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is not None:
             return
         upstream = self.upstream(ctx)
@@ -191,7 +174,7 @@ class Interceptor:
                 flow.response = json_response(refusal.status, error_body(  # in the shape of the route's API
                     ctx.provider.type, None, refusal.message, refusal.error_type), refusal.headers)
             else:
-                allow_upstream(flow)  # the upstream the strategy chose (addons/chain/guard.py: default deny)
+                allow_upstream(self.flows, flow)  # the upstream the strategy chose (chain/guard.py: default deny)
             return
         api = ctx.route.api
         assert api is not None
@@ -216,7 +199,7 @@ class Interceptor:
         if refusal is not None:
             self.reject(flow, ctx, refusal.status, refusal.message, refusal.error_type, refusal.headers)
         else:
-            allow_upstream(flow)
+            allow_upstream(self.flows, flow)
 
     def parse_body(self, flow: http.HTTPFlow) -> dict[str, Any] | None:
         """The request's JSON object, None if it is none; BodyError for an encoding it cannot be read in."""
@@ -246,7 +229,7 @@ class Interceptor:
             "route": ctx.route.name,
             "method": flow.request.method,
             "stream": info.stream,
-            "mode": ctx.extra.get("mode", "gateway"),
+            "mode": ctx.mode,
         }
         if who.version:
             metadata["client_version"] = _text(who.version)
@@ -281,7 +264,7 @@ class Interceptor:
     # -- response --------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is None:
             return
         if ctx.interception is not None and ctx.interception.ended:
@@ -289,11 +272,11 @@ class Interceptor:
         self.upstream(ctx).response_headers(flow, ctx)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or (ctx.interception is not None and ctx.interception.ended):
             return
         # Set when the gateway ended the response itself (addons/chain/timeouts.py), already in the client's shape.
-        upstream_error = ctx.extra.get(UPSTREAM_ERROR)
+        upstream_error = ctx.upstream_error
         if upstream_error is None:
             self.upstream(ctx).response(flow, ctx)
         if ctx.interception is None:
@@ -303,7 +286,7 @@ class Interceptor:
         summary = interception.summary = self.summarise(flow, ctx, interception)
         status_code = flow.response.status_code
         error = None
-        if isinstance(upstream_error, str):
+        if upstream_error is not None:
             error = upstream_error
         elif status_code >= 400:
             error = f"upstream answered HTTP {status_code}"
@@ -320,12 +303,12 @@ class Interceptor:
 
     def fail(self, flow: http.HTTPFlow, message: str) -> None:
         """End the flow's interception as failed, if one was started and is still open (addons/chain/guard.py)."""
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is not None and ctx.interception is not None and not ctx.interception.ended:
             self.finish(flow, ctx, ctx.interception, "failed", message)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is not None and ctx.interception is None and ctx.route.intercepted:
             # The request body never arrived whole (too large, client gone): still one interception row.
             self.start(flow, ctx, RequestInfo(), None)
@@ -334,9 +317,9 @@ class Interceptor:
         interception = ctx.interception
         if interception.parser is not None:
             interception.summary = interception.parser.summary()
-        upstream_error = ctx.extra.get(UPSTREAM_ERROR)
+        upstream_error = ctx.upstream_error
         message = flow.error.msg if flow.error else "unknown error"
-        if isinstance(upstream_error, str):
+        if upstream_error is not None:
             message = upstream_error
         self.finish(flow, ctx, interception, "cancelled" if client_left(flow, ctx) else "failed", message)
 

@@ -54,14 +54,18 @@ from addons.chain.proxy_policy import (
     parse_ports,
     proxy_password,
 )
-from addons.chain.routing import BYOK_HEADER, Credential, admit, classify_route, json_response
+from addons.chain.routing import BYOK_HEADER, Credential, admit, classify_route
 from addons.flow import state as context
-from addons.providers.base import Api, any_error
-from addons.providers.registry import BEDROCK, PROVIDERS, error_body
+from addons.flow.state import FlowStates
+from addons.providers.base import Api
+from addons.providers.bedrock import BEDROCK
+from addons.providers.errors import any_error, error_body, json_response
+from addons.providers.registry import PROVIDERS
 from addons.settings.config import Instance, Settings
 from addons.sinks import metrics
 from addons.sinks.redaction import without_query_credentials
-from addons.upstreams.bedrock import client_aws_credential, native_instance
+from addons.upstreams.aws import client_aws_credential
+from addons.upstreams.bedrock_native import native_instance
 
 log = logging.getLogger("aigw.proxy")
 
@@ -106,8 +110,7 @@ class ProxyState:
 
 
 def proxy_error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> http.Response:
-    return http.Response.make(status, any_error(message, error_type),
-                              {"content-type": "application/json", **(headers or {})})
+    return json_response(status, any_error(message, error_type), headers)
 
 
 def proxy_auth_required(message: str) -> http.Response:
@@ -231,11 +234,13 @@ class ProxyAuth:
     # mitmproxy names addons by class; its own "proxyauth" exists already.
     name = "aigw_proxy_auth"
 
-    def __init__(self, settings: Settings, keys: KeyCache, state: ProxyState, guard: AddressGuard) -> None:
+    def __init__(self, settings: Settings, keys: KeyCache, state: ProxyState, guard: AddressGuard,
+                 flows: FlowStates) -> None:
         self.settings = settings
         self.keys = keys
         self.state = state
         self.guard = guard
+        self.flows = flows
         self.ports: frozenset[int] = frozenset(DEFAULT_PORTS)
 
     def load(self, loader: Any) -> None:
@@ -292,7 +297,7 @@ class ProxyAuth:
             return
         decrypted = self.state.host_map.decrypts(host) or self.state.host_map.is_native_bedrock(host)
         self.state.tunnels[flow.client_conn] = Tunnel(host, auth.secret, decrypted)
-        allow_upstream(flow)  # authenticated, port and address checked (addons/chain/guard.py: default deny)
+        allow_upstream(self.flows, flow)  # authenticated, port and address checked (guard.py: default deny)
         context.mark_tunnel(flow.client_conn)
         flow.metadata["aigw_user"] = auth.identity.user_name
         flow.metadata["aigw_tunnel"] = "decrypted" if decrypted else "tunnelled"
@@ -348,10 +353,11 @@ class ProxyRouter:
 
     name = "aigw_proxy_router"
 
-    def __init__(self, settings: Settings, keys: KeyCache, state: ProxyState) -> None:
+    def __init__(self, settings: Settings, keys: KeyCache, state: ProxyState, flows: FlowStates) -> None:
         self.settings = settings
         self.keys = keys
         self.state = state
+        self.flows = flows
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -400,8 +406,8 @@ class ProxyRouter:
             self.relay(flow, instance.base_url + match.api_path + sep + query, secret)
             return
         credential = self.credential(instance, route.api, flow.request.headers, secret)
-        admit(flow, self.settings, instance, provider, route, match.api_path, sep + query, identity, credential,
-              mode="proxy")
+        admit(self.flows, flow, self.settings, instance, provider, route, match.api_path, sep + query, identity,
+              credential, mode="proxy")
 
     def route_bedrock(self, flow: http.HTTPFlow, host: str, path: str, query: str, match: Match | None,
                       identity: Identity) -> None:
@@ -415,7 +421,8 @@ class ProxyRouter:
             instance = native_instance(host)
             credential = Credential(byok=True, explicit=True,
                                     client_credential=client_aws_credential(flow.request.headers))
-        admit(flow, self.settings, instance, BEDROCK, route, path, query, identity, credential, mode="proxy")
+        admit(self.flows, flow, self.settings, instance, BEDROCK, route, path, query, identity, credential,
+              mode="proxy")
 
     def credential(self, instance: Instance, api: Api | None, headers: http.Headers, secret: str) -> Credential:
         """The request's own credential decides: none or the gateway key -> the instance key; else BYOK."""
@@ -440,21 +447,21 @@ class ProxyRouter:
                 del headers[name]
         flow.request.stream = True
         self.state.relays.add(flow)
-        allow_upstream(flow)
+        allow_upstream(self.flows, flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow in self.state.relays and flow.response is not None:
             flow.response.stream = True
 
 
-def proxy_addons(settings: Settings, keys: KeyCache) -> list[object]:
+def proxy_addons(settings: Settings, keys: KeyCache, flows: FlowStates) -> list[object]:
     """The proxy's addons, in chain order; they go before the gateway Router."""
     from addons.chain.websocket import WebSocketRecorder
 
     state = ProxyState.from_settings(settings)
     guard = AddressGuard(settings, state)
-    return [ProxyAuth(settings, keys, state, guard), guard, TlsPolicy(state), ProxyRouter(settings, keys, state),
-            WebSocketRecorder()]
+    return [ProxyAuth(settings, keys, state, guard, flows), guard, TlsPolicy(state),
+            ProxyRouter(settings, keys, state, flows), WebSocketRecorder(flows)]
 
 
 __all__ = ["AddressGuard", "ProxyAuth", "ProxyRouter", "ProxyState", "TlsPolicy", "install_absolute_form_marker",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import orjson
 from mitmproxy import ctx as mitm_ctx
@@ -19,9 +20,10 @@ from mitmproxy import http
 
 from addons.chain.auth import Identity, KeyCache, bearer, looks_like_provider_key, presented_credential
 from addons.flow import state as context
-from addons.flow.state import FlowContext
-from addons.providers.base import Api, Provider, Route, any_error
-from addons.providers.registry import PROVIDERS, error_body
+from addons.flow.state import FlowContext, FlowStates
+from addons.providers.base import Api, Provider, Route
+from addons.providers.errors import any_error, error_body, json_response
+from addons.providers.registry import PROVIDERS
 from addons.settings.config import Instance, Settings
 from addons.sinks.redaction import looks_like_gateway_key, without_query_credentials
 from addons.upstreams.keypool import pool_for
@@ -50,14 +52,11 @@ def is_gateway_request(flow: http.HTTPFlow) -> bool:
             and not context.is_absolute_form(flow.request))
 
 
-def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> http.Response:
-    return http.Response.make(status, body, {"content-type": "application/json", **(headers or {})})
-
-
 class Router:
-    def __init__(self, settings: Settings, keys: KeyCache) -> None:
+    def __init__(self, settings: Settings, keys: KeyCache, flows: FlowStates) -> None:
         self.settings = settings
         self.keys = keys
+        self.flows = flows
         self.ready = False
 
     def running(self) -> None:
@@ -125,7 +124,7 @@ class Router:
         # The gateway key (sent twice, or on Copilot in place of the GitHub token) is never the client's own.
         own = presented if byok and not self.keys.is_gateway_credential(presented, token) else None
         credential = Credential(byok=byok, explicit=byok_token is not None, client_credential=own)
-        admit(flow, self.settings, instance, provider, route, api_path, query, identity, credential)
+        admit(self.flows, flow, self.settings, instance, provider, route, api_path, query, identity, credential)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +160,9 @@ def admission_error(settings: Settings, instance: Instance, api: Api | None, cre
     return None
 
 
-def admit(flow: http.HTTPFlow, settings: Settings, instance: Instance, provider: Provider, route: Route,
-          api_path: str, query: str, identity: Identity, credential: Credential,
-          mode: str = "gateway") -> FlowContext | None:
+def admit(flows: FlowStates, flow: http.HTTPFlow, settings: Settings, instance: Instance, provider: Provider,
+          route: Route, api_path: str, query: str, identity: Identity, credential: Credential,
+          mode: Literal["gateway", "proxy"] = "gateway") -> FlowContext | None:
     """Admit an authenticated request to an instance route: attach its FlowContext, or answer the error."""
     error = admission_error(settings, instance, route.api, credential, mode)
     if error is not None:
@@ -178,9 +177,9 @@ def admit(flow: http.HTTPFlow, settings: Settings, instance: Instance, provider:
     ctx = FlowContext(
         instance=instance, provider=provider, route=route, api_path=api_path, query=query,
         identity=identity, byok=credential.byok, received_at=datetime.now(UTC),
-        client_credential=credential.client_credential, extra={"mode": mode},
+        client_credential=credential.client_credential, mode=mode,
     )
-    context.attach(flow, ctx)
+    flows.attach(flow, ctx)
     headers = flow.request.headers
     for name in ("authorization", "x-api-key"):
         # The gateway key must not travel upstream: without BYOK no client credential does; with it, a
@@ -224,7 +223,7 @@ def inject_credential(flow: http.HTTPFlow, ctx: FlowContext) -> int | None:
     key = pool.pick()
     if key is None:
         return pool.retry_after()
-    ctx.extra["provider_key"] = key
+    ctx.provider_key = key
     headers = flow.request.headers
     if ctx.route.api is Api.MESSAGES or ctx.instance.type == "anthropic":
         headers.pop("authorization", None)
@@ -236,5 +235,5 @@ def inject_credential(flow: http.HTTPFlow, ctx: FlowContext) -> int | None:
 
 
 __all__ = ["WEBSOCKET_RESPONSES", "Credential", "Router", "admission_error", "admit", "bearer",
-           "classify_route", "inject_credential", "is_gateway_request", "json_response", "split_gateway_path",
+           "classify_route", "inject_credential", "is_gateway_request", "split_gateway_path",
            "upstream_url"]

@@ -21,7 +21,7 @@ does, and a silent upstream holds the client until `tcp_timeout` (600 s).
     stream exception frame), then the end of the response;
   - where neither fits (HTTP/2 upstreams, whose streams cannot be addressed
     this way; bodies of unknown format): the server connection is closed.
-  The flow's `UPSTREAM_ERROR` ("upstream timeout after 300s") becomes the
+  The flow's `upstream_error` ("upstream timeout after 300s") becomes the
   interception's error; the circuit breaker counts it as a failure.
 """
 
@@ -50,11 +50,9 @@ from mitmproxy.proxy.layers.http import (
 )
 from mitmproxy.proxy.layers.http._base import HttpEvent
 
-from addons.flow import state as context
-from addons.flow.state import FlowContext
-from addons.providers.base import Api, anthropic_error, openai_error
-from addons.providers.registry import error_body
-from addons.upstreams.base import UPSTREAM_ERROR
+from addons.flow.state import FlowContext, FlowStates
+from addons.providers.base import Api
+from addons.providers.errors import anthropic_error, error_body, json_response, openai_error
 
 log = logging.getLogger("aigw.timeouts")
 
@@ -153,7 +151,8 @@ def find_stream(top: Any, flow: http.HTTPFlow) -> HttpStream | None:
 
 
 class UpstreamTimeouts:
-    def __init__(self, connect: float | None, idle: float | None) -> None:
+    def __init__(self, flows: FlowStates, connect: float | None, idle: float | None) -> None:
+        self.flows = flows
         self.connect = connect
         self.idle = idle
         self.watches: dict[http.HTTPFlow, _Watch] = {}
@@ -202,7 +201,7 @@ class UpstreamTimeouts:
     # -- flows -------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is not None and flow.response is None and (self.idle or self.connect):
             self.watches[flow] = _Watch(flow, ctx, time.monotonic())
 
@@ -283,7 +282,7 @@ class UpstreamTimeouts:
             # An HTTP/2 client's streams to other upstreams wait on connections of their own.
             if (watch.flow.client_conn is client and watch.phase is Phase.CONNECTING
                     and (request.host, request.port) == server.address):
-                watch.ctx.extra[UPSTREAM_ERROR] = error
+                watch.ctx.upstream_error = error
                 watch.fired = True
                 if watch.ctx.instance.name not in instances:
                     instances.append(watch.ctx.instance.name)
@@ -299,7 +298,7 @@ class UpstreamTimeouts:
         watch.fired = True
         flow, ctx = watch.flow, watch.ctx
         limit = seconds_text(self.idle)
-        ctx.extra[UPSTREAM_ERROR] = f"upstream timeout after {limit}"
+        ctx.upstream_error = f"upstream timeout after {limit}"
         log.warning("upstream timeout after %s: instance %r, %s %s (%s)", limit, ctx.instance.name,
                     flow.request.method, ctx.route.name, watch.phase.value)
         handler = self._handler(flow)
@@ -312,7 +311,7 @@ class UpstreamTimeouts:
             message = (f"upstream timeout after {limit}: instance {ctx.instance.name!r} sent no response "
                        f"headers within {limit}")
             body = error_body(ctx.instance.type, ctx.route.api, message, "timeout_error")
-            answer = http.Response.make(504, body, {"content-type": "application/json", "connection": "close"})
+            answer = json_response(504, body, {"connection": "close"})
             await self._inject(handler, stream, flow, ResponseHeaders(stream.stream_id, answer, False),
                                ResponseData(stream.stream_id, body), ResponseEndOfMessage(stream.stream_id))
             return
@@ -324,7 +323,7 @@ class UpstreamTimeouts:
             await self._inject(handler, stream, flow, ResponseData(stream.stream_id, final),
                                ResponseEndOfMessage(stream.stream_id))
             return
-        self._close_server(flow)  # mitmproxy fails the flow; UPSTREAM_ERROR names why
+        self._close_server(flow)  # mitmproxy fails the flow; ctx.upstream_error names why
 
     @staticmethod
     async def _inject(handler: Any, stream: HttpStream, flow: http.HTTPFlow, *inner: HttpEvent) -> None:

@@ -27,8 +27,7 @@ from mitmproxy import http, websocket
 
 from addons.chain.intercept import Interceptor
 from addons.chain.routing import WEBSOCKET_RESPONSES
-from addons.flow import state as context
-from addons.flow.state import FlowContext
+from addons.flow.state import FlowContext, FlowStates
 from addons.providers.base import Api, Route
 from addons.wire import responses
 from addons.wire.sse import SSEEvent
@@ -67,7 +66,8 @@ def event_type(content: bytes) -> str | None:
 class WebSocketRecorder:
     name = "aigw_websocket_recorder"
 
-    def __init__(self, interceptor: Interceptor | None = None) -> None:
+    def __init__(self, flows: FlowStates, interceptor: Interceptor | None = None) -> None:
+        self.flows = flows
         # The Interceptor writes the rows; when not given, it is found in the same chain at start.
         self.interceptor: Interceptor = interceptor  # type: ignore[assignment]
         # flow -> the interceptions still waiting for their terminal event, oldest first.
@@ -80,7 +80,7 @@ class WebSocketRecorder:
                 raise RuntimeError("WebSocketRecorder needs the Interceptor addon in the chain")
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or ctx.route is not WEBSOCKET_RESPONSES or flow.websocket is None:
             return
         message = flow.websocket.messages[-1]
@@ -103,7 +103,7 @@ class WebSocketRecorder:
         payload = create_payload(parsed)
         info = responses.parse_request(payload)
         info.stream = True  # WebSocket responses always stream
-        sub = dataclasses.replace(ctx, route=RESPONSES_ROUTE, interception=None, extra=dict(ctx.extra))
+        sub = dataclasses.replace(ctx, route=RESPONSES_ROUTE, interception=None)
         interception = self.interceptor.start(flow, sub, info, payload)
         interception.parser = responses.StreamParser()
         interception.metadata["transport"] = "websocket"

@@ -37,7 +37,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.flow import state as context
+from addons.flow.state import FlowStates
 from addons.settings.config import Settings
 from addons.sinks import redaction
 
@@ -265,11 +265,12 @@ class _Tee:
 
 
 class Dumps:
-    def __init__(self, settings: Settings, writer: DumpWriter | None = None) -> None:
+    def __init__(self, settings: Settings, flows: FlowStates, writer: DumpWriter | None = None) -> None:
         self.settings = settings
+        self.flows = flows
         self.writer = writer or DumpWriter()
         self.secrets = redaction.configured_secrets(settings)
-        self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowDump] = weakref.WeakKeyDictionary()
+        self.dumps: weakref.WeakKeyDictionary[http.HTTPFlow, _FlowDump] = weakref.WeakKeyDictionary()
         self.enabled = any(i.dump_dir is not None for i in settings.instances)
 
     def running(self) -> None:
@@ -290,10 +291,10 @@ class Dumps:
     def dump_for(self, flow: http.HTTPFlow) -> _FlowDump | None:
         if not self.enabled:
             return None
-        found = self.flows.get(flow)
+        found = self.dumps.get(flow)
         if found is not None:
             return found
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or ctx.instance.dump_dir is None:
             return None
         base = ctx.instance.dump_dir / ctx.instance.name
@@ -302,7 +303,7 @@ class Dumps:
         else:
             base = base / "passthrough"
             stem = f"{timestamp(ctx.received_at)}-{flow.id}"
-        dump = self.flows[flow] = _FlowDump(req=base / f"{stem}.req.txt", resp=base / f"{stem}.resp.txt")
+        dump = self.dumps[flow] = _FlowDump(req=base / f"{stem}.req.txt", resp=base / f"{stem}.resp.txt")
         self.write_request(flow, dump)
         return dump
 

@@ -37,7 +37,6 @@ from prometheus_client import (
 )
 
 from addons import __version__
-from addons.flow import state as context
 from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -46,6 +45,7 @@ from addons.flow.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.flow.state import FlowStates
 
 log = logging.getLogger("aigw.metrics")
 
@@ -205,8 +205,9 @@ class Metrics:
 
     MAX_OPEN = 100_000
 
-    def __init__(self, queue_depth: Callable[[], int] | None = None,
+    def __init__(self, flows: FlowStates, queue_depth: Callable[[], int] | None = None,
                  price: Callable[[TokenUsageRecord], float | None] | None = None) -> None:
+        self.flows = flows
         self.open: dict[str, _Open] = {}
         self.price = price
         self.extra_types: set[str] = set()
@@ -311,10 +312,10 @@ class Metrics:
         self._passthrough(flow)
 
     def _passthrough(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
-        if ctx is None or ctx.route.intercepted or ctx.extra.get("aigw_metrics_counted"):
+        ctx = self.flows.get(flow)
+        if ctx is None or ctx.route.intercepted or ctx.metrics_counted:
             return
-        ctx.extra["aigw_metrics_counted"] = True  # response and error can both fire
+        ctx.metrics_counted = True  # response and error can both fire
         self.child(PASSTHROUGH, ctx.instance.name, ctx.route.name, flow.request.method).inc()
 
 

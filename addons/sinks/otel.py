@@ -49,7 +49,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from prometheus_client import Counter
 
-from addons.flow import state as context
 from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -59,6 +58,7 @@ from addons.flow.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.flow.state import FlowStates
 from addons.settings.config import Instance, Settings
 from addons.sinks import metrics, redaction
 
@@ -329,11 +329,12 @@ class OtelSink:
     MAX_OPEN = 100_000
     MAX_CALLS = 100_000
 
-    def __init__(self, settings: Settings, pipeline: Pipeline,
+    def __init__(self, settings: Settings, flows: FlowStates, pipeline: Pipeline,
                  price: Callable[[TokenUsageRecord], float | None] | None = None,
                  environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
         self.settings = settings
+        self.flows = flows
         self.pipeline = pipeline
         self.price = price
         self.capture_content = (environ.get(CAPTURE_CONTENT) or "").strip().lower() == "true"
@@ -375,7 +376,7 @@ class OtelSink:
         """Addon hook (after the interceptor): the credentials this request carries upstream are scrubbed
         from its span (content, error text) as the dumps and the web UI scrub them. Held here until the
         span is built, never put in a record."""
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or ctx.interception is None or (o := self.open.get(ctx.interception.id)) is None:
             return
         values = redaction.credential_values(flow.request.headers.items(multi=True))
@@ -566,8 +567,11 @@ class PropagateUpstream:
     """Addon (--aibridge-otel-propagate-upstream): intercepted requests go upstream with the gateway's
     own traceparent (a child of the client's, if it sent one). Runs after the interceptor."""
 
+    def __init__(self, flows: FlowStates) -> None:
+        self.flows = flows
+
     def request(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
+        ctx = self.flows.get(flow)
         if ctx is None or flow.response is not None or ctx.interception is None or ctx.interception.ended:
             return
         span, _parent = span_context(ctx.interception.id, flow.request.headers.get("traceparent"))

@@ -29,11 +29,6 @@ if TYPE_CHECKING:
     from addons.wire.model import RequestInfo, ResponseSummary
 
 
-# FlowContext.extra key: why the gateway ended the upstream exchange itself (e.g. "upstream timeout
-# after 300s"); the interception's error, and the circuit breaker counts it as an upstream failure.
-UPSTREAM_ERROR = "upstream_error"
-
-
 def client_left(flow: http.HTTPFlow, ctx: FlowContext) -> bool:
     """Whether a failed flow ended because the client went away, not the upstream: recorded as
     cancelled, and no verdict on the upstream for the circuit breaker.
@@ -41,7 +36,7 @@ def client_left(flow: http.HTTPFlow, ctx: FlowContext) -> bool:
     mitmproxy says "Client disconnected." for an HTTP/1 client and "stream reset by client (CANCEL)"
     for an HTTP/2 stream the client cancelled. It words an upstream's HTTP/2 reset the same way, so
     that reading is trusted only from a client that speaks HTTP/2."""
-    if UPSTREAM_ERROR in ctx.extra or flow.error is None:
+    if ctx.upstream_error is not None or flow.error is None:
         return False
     message = flow.error.msg.lower()
     return "client disconnected" in message or (

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from addons.flow import state as context
+from addons.flow.state import FlowStates
 
 RATE_LIMITED_COOLDOWN = 60.0
 UNAUTHORIZED_COOLDOWN = 600.0
@@ -67,10 +67,13 @@ def pool_for(instance_name: str, keys: tuple[str, ...]) -> KeyPool:
 class KeyFailover:
     """Addon: feeds upstream 401/429 answers back into the instance's key pool."""
 
+    def __init__(self, flows: FlowStates) -> None:
+        self.flows = flows
+
     def response(self, flow: http.HTTPFlow) -> None:
-        ctx = context.get(flow)
-        key = ctx.extra.get("provider_key") if ctx is not None else None
-        if ctx is None or not isinstance(key, str) or flow.response is None:
+        ctx = self.flows.get(flow)
+        key = ctx.provider_key if ctx is not None else None
+        if ctx is None or key is None or flow.response is None:
             return
         if flow.response.status_code in (401, 429) and len(ctx.instance.keys) > 1:
             pool_for(ctx.instance.name, ctx.instance.keys).report(

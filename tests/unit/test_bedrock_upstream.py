@@ -13,22 +13,20 @@ from mitmproxy.test import tflow, tutils
 
 from addons.chain.auth import Identity
 from addons.chain.proxy_policy import build_host_map
-from addons.flow.state import FlowContext
+from addons.flow.state import FlowContext, Interception
+from addons.providers.anthropic import ANTHROPIC
 from addons.providers.base import Api
-from addons.providers.bedrock import BedrockCredentials
-from addons.providers.registry import ANTHROPIC, BEDROCK
+from addons.providers.bedrock import BEDROCK, token_count_headers
 from addons.settings.config import BedrockSettings, Instance, Settings
+from addons.upstreams.aws import BedrockCredentials, client_aws_credential
 from addons.upstreams.base import Refusal
-from addons.upstreams.bedrock import (
-    OPERATION,
+from addons.upstreams.bedrock_invoke import (
     BedrockUpstream,
     EventStreamToSSE,
-    NativeBedrockUpstream,
     anthropic_error_response,
-    client_aws_credential,
     count_tokens_response,
-    token_count_headers,
 )
+from addons.upstreams.bedrock_native import NativeBedrockUpstream
 from addons.wire.model import RequestInfo
 from tests.eventstream_encoder import chunk_frame, corrupt_crc, exception_frame
 from tests.fakes.bedrock import anthropic_events, verify_sigv4
@@ -60,8 +58,6 @@ def flow_and_ctx(path: str = "/v1/messages", body: dict[str, Any] | None = None,
                       identity=Identity("u1", "alice", "k1", False), byok=byok,
                       received_at=dt.datetime.now(dt.UTC), client_credential="byok-token" if byok else None)
     if route.intercepted:
-        from addons.chain.intercept import Interception
-
         ctx.interception = Interception(id="i1", api=route.api, started_at=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
                                         info=RequestInfo())
     return flow, ctx
@@ -91,7 +87,7 @@ def test_forward_rewrites_and_signs_the_exact_bytes() -> None:
     assert headers["accept"] == "application/vnd.amazon.eventstream"
     assert headers["content-length"] == str(len(flow.request.raw_content or b""))
     verify(flow)
-    assert ctx.extra[OPERATION] == "invoke-with-response-stream"
+    assert ctx.bedrock_operation == "invoke-with-response-stream"
     assert ctx.interception is not None and ctx.interception.metadata["bedrock_model_id"] == SONNET
 
 
@@ -113,7 +109,7 @@ def test_missing_credentials_are_refused_without_touching_the_request() -> None:
     creds.stop()
     assert isinstance(refusal, Refusal) and refusal.status == 502 and refusal.error_type == "api_error"
     assert "no AWS credentials found" in refusal.message
-    assert flow.request.host == "address" and OPERATION not in ctx.extra
+    assert flow.request.host == "address" and ctx.bedrock_operation is None
 
 
 def test_byok_sends_the_clients_bedrock_api_key() -> None:

@@ -14,12 +14,10 @@ from mitmproxy.test import tflow, tutils
 from addons.chain.auth import Identity
 from addons.chain.breaker import BreakerSettings, State
 from addons.chain.circuit import MAX_MODELS, OTHER_MODEL, CircuitBreakers
-from addons.chain.intercept import Interception
-from addons.flow import state as context
-from addons.flow.state import FlowContext
-from addons.providers.registry import ANTHROPIC
+from addons.flow.state import FlowContext, FlowStates, Interception
+from addons.providers.anthropic import ANTHROPIC
 from addons.settings.config import Instance
-from addons.upstreams.base import UPSTREAM_ERROR, client_left
+from addons.upstreams.base import client_left
 from addons.wire.model import RequestInfo
 
 
@@ -45,6 +43,7 @@ class Clock:
 
 INSTANCE = Instance(type="anthropic", name="anthropic", keys=(), base_url="https://api.anthropic.com",
                     dump_dir=None, bedrock=None, source="indexed")
+FLOWS = FlowStates()  # the flows of flow_for, read by the breakers fixture
 
 
 def flow_for(model: str = "claude-sonnet-4-5", *, http2: bool = False) -> http.HTTPFlow:
@@ -57,7 +56,7 @@ def flow_for(model: str = "claude-sonnet-4-5", *, http2: bool = False) -> http.H
                       identity=Identity("u1", "alice", "k1", False), byok=False, received_at=dt.datetime.now(dt.UTC))
     ctx.interception = Interception(id="i1", api=route.api, started_at=dt.datetime.now(dt.UTC),
                                     info=RequestInfo(model=model))
-    context.attach(flow, ctx)
+    FLOWS.attach(flow, ctx)
     return flow
 
 
@@ -74,7 +73,7 @@ def rejected() -> Rejections:
 @pytest.fixture
 def breakers(clock: Clock, rejected: Rejections) -> CircuitBreakers:
     settings = BreakerSettings(failure_threshold=2, interval=10, timeout=30, max_requests=2)
-    return CircuitBreakers(settings, rejected, clock)  # type: ignore[arg-type]
+    return CircuitBreakers(settings, rejected, FLOWS, clock)  # type: ignore[arg-type]
 
 
 def fail_with(breakers: CircuitBreakers, message: str, model: str = "claude-sonnet-4-5",
@@ -90,22 +89,22 @@ def fail_with(breakers: CircuitBreakers, message: str, model: str = "claude-sonn
 def test_a_client_that_leaves_is_no_upstream_failure(breakers: CircuitBreakers, message: str) -> None:
     for _ in range(5):
         flow = fail_with(breakers, message, http2=True)
-        assert client_left(flow, context.get(flow))  # type: ignore[arg-type]
+        assert client_left(flow, FLOWS.get(flow))  # type: ignore[arg-type]
     assert breakers.breakers[("anthropic", "/v1/messages", "claude-sonnet-4-5")].current() is State.CLOSED
 
 
 def test_an_upstream_reset_still_counts(breakers: CircuitBreakers) -> None:
     """An HTTP/1 client cannot reset a stream: mitmproxy's "by client" wording is the upstream's reset."""
     flows = [fail_with(breakers, "stream reset by client (CANCEL)") for _ in range(2)]
-    assert not client_left(flows[0], context.get(flows[0]))  # type: ignore[arg-type]
+    assert not client_left(flows[0], FLOWS.get(flows[0]))  # type: ignore[arg-type]
     assert breakers.breakers[("anthropic", "/v1/messages", "claude-sonnet-4-5")].current() is State.OPEN
 
 
 def test_a_timeout_is_a_failure_even_when_worded_as_a_disconnect(breakers: CircuitBreakers) -> None:
     flow = flow_for(http2=True)
-    context.get(flow).extra[UPSTREAM_ERROR] = "upstream timeout after 1s"  # type: ignore[union-attr]
+    FLOWS.get(flow).upstream_error = "upstream timeout after 1s"  # type: ignore[union-attr]
     flow.error = mflow.Error("Client disconnected.")
-    assert not client_left(flow, context.get(flow))  # type: ignore[arg-type]
+    assert not client_left(flow, FLOWS.get(flow))  # type: ignore[arg-type]
 
 
 def test_probes_of_flows_that_ended_without_a_hook_are_released(breakers: CircuitBreakers, clock: Clock,

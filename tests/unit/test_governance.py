@@ -13,12 +13,11 @@ from mitmproxy.test import tflow, tutils
 
 from addons.chain.auth import Identity
 from addons.chain.governance import Governance
-from addons.chain.intercept import Interception, Interceptor
+from addons.chain.intercept import Interceptor
 from addons.chain.limits import GovernanceSettings, Limits
-from addons.flow import state as context
 from addons.flow.records import InterceptionEnd, InterceptionStart, Record, TokenUsageRecord
-from addons.flow.state import FlowContext
-from addons.providers.registry import ANTHROPIC
+from addons.flow.state import FlowContext, FlowStates, Interception
+from addons.providers.anthropic import ANTHROPIC
 from addons.settings.config import Instance
 from addons.store.governance import EVERYONE, GroupPolicy, Policy, UserPolicy
 from addons.wire.model import RequestInfo
@@ -41,7 +40,9 @@ def make(policy: Policy, settings: GovernanceSettings | None = None,
          spend: dict[str, float] | None = None) -> tuple[Governance, Clock, list[Record]]:
     records: list[Record] = []
     clock = Clock()
-    gov = Governance(settings or GovernanceSettings(budget_period="day"), Interceptor(records.append), policy,
+    flows = FlowStates()
+    gov = Governance(settings or GovernanceSettings(budget_period="day"), Interceptor(flows, records.append), flows,
+                     policy,
                      spend if spend is not None else {}, price=lambda r: r.input_tokens / 1000,
                      priced=lambda provider, model: model.startswith("claude"),
                      clock=lambda: clock.now, wall=lambda: clock.wall)
@@ -59,7 +60,7 @@ def request(gov: Governance, user: str = "u1", key: str | None = "k1", model: st
     interception = Interception(id=str(uuid.uuid4()), api=route.api, started_at=T0, info=RequestInfo(model=model))
     ctx.interception = interception
     flow.metadata["aigw_interception_id"] = interception.id
-    context.attach(flow, ctx)
+    gov.flows.attach(flow, ctx)
     gov.request(flow)
     return flow, ctx
 

@@ -13,7 +13,7 @@ from mitmproxy.test import tflow, tutils
 
 from addons.app.engine import HookTable, use_hook_table
 from addons.chain.guard import DefaultDeny, Guard, allow_upstream, header_problem, path_problem, request_line_problem
-from addons.flow import state as context
+from addons.flow.state import FlowContext, FlowStates
 from addons.settings.config import Settings, load
 from addons.settings.values import ConfigError
 
@@ -144,7 +144,7 @@ def gateway_flow(path: str = "/api/v2/aibridge/anthropic/v1/messages") -> http.H
 async def test_an_addon_raising_gets_the_flow_answered(exc: Exception, status: int,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     failures = Failures()
-    guard = Guard(settings(), failures)
+    guard = Guard(settings(), FlowStates(), failures)
     table = engine(guard, Raising(exc), DefaultDeny(guard))
     f = gateway_flow()
     with caplog.at_level(logging.ERROR):
@@ -159,7 +159,7 @@ async def test_an_addon_raising_gets_the_flow_answered(exc: Exception, status: i
 
 
 async def test_responseheaders_failure_replaces_the_upstream_answer() -> None:
-    guard = Guard(settings(), Failures())
+    guard = Guard(settings(), FlowStates(), Failures())
     table = engine(guard, Raising(RuntimeError("bug")))
     f = tflow.tflow(resp=True)
     await table.handle_lifecycle(HttpResponseHeadersHook(f))
@@ -178,7 +178,7 @@ class StreamsThrough:
 
 
 async def test_after_a_responseheaders_failure_no_later_addon_runs() -> None:
-    guard = Guard(settings(), Failures())
+    guard = Guard(settings(), FlowStates(), Failures())
     f = tflow.tflow(resp=True)
     await engine(guard, Raising(RuntimeError("bug")), StreamsThrough()).handle_lifecycle(HttpResponseHeadersHook(f))
     assert f.response is not None and f.response.status_code == 500 and callable(f.response.stream)
@@ -189,7 +189,7 @@ async def test_the_guard_failing_kills_the_flow() -> None:
         def fail(self, *args: Any) -> None:
             raise RuntimeError("guard bug")
 
-    table = engine(BrokenGuard(settings()), Raising(RuntimeError("bug")))
+    table = engine(BrokenGuard(settings(), FlowStates()), Raising(RuntimeError("bug")))
     f = gateway_flow()
     await table.handle_lifecycle(HttpRequestHeadersHook(f))
     assert f.error is not None and f.killable is False  # killed: mitmproxy never forwards it
@@ -198,46 +198,46 @@ async def test_the_guard_failing_kills_the_flow() -> None:
 class Chooses:
     """Routes like an aigw addon that picked an upstream (then, optionally, a bug moves the request)."""
 
-    def __init__(self, move_to: str | None = None) -> None:
+    def __init__(self, flows: FlowStates, move_to: str | None = None) -> None:
+        self.flows = flows
         self.move_to = move_to
 
     def request(self, flow: http.HTTPFlow) -> None:
         flow.request.url = "http://127.0.0.1:9/v1/messages"
-        allow_upstream(flow)
+        allow_upstream(self.flows, flow)
         if self.move_to:
             flow.request.url = self.move_to
 
 
 async def test_default_deny() -> None:
-    guard = Guard(settings())
+    guard = Guard(settings(), FlowStates())
     unrouted = gateway_flow()
     await engine(guard, DefaultDeny(guard)).handle_lifecycle(HttpRequestHook(unrouted))
     assert unrouted.response is not None and unrouted.response.status_code == 403
 
     chosen = gateway_flow()
-    await engine(guard, Chooses(), DefaultDeny(guard)).handle_lifecycle(HttpRequestHook(chosen))
+    await engine(guard, Chooses(guard.flows), DefaultDeny(guard)).handle_lifecycle(HttpRequestHook(chosen))
     assert chosen.response is None
 
     moved = gateway_flow()
-    await engine(guard, Chooses("http://8.8.8.8:22/x"), DefaultDeny(guard)).handle_lifecycle(HttpRequestHook(moved))
+    chain = engine(guard, Chooses(guard.flows, "http://8.8.8.8:22/x"), DefaultDeny(guard))
+    await chain.handle_lifecycle(HttpRequestHook(moved))
     assert moved.response is not None and moved.response.status_code == 403
 
 
 async def test_default_deny_refuses_a_routed_flow_outside_the_configured_upstreams() -> None:
-    from addons.flow.state import FlowContext
-
     s = settings()
-    guard = Guard(s)
+    guard = Guard(s, FlowStates())
     f = gateway_flow()
     f.request.url = "http://10.9.9.9:80/v1/messages"
-    allow_upstream(f)
-    context.attach(f, FlowContext.__new__(FlowContext))  # routed to an instance, but not to its base URL
+    allow_upstream(guard.flows, f)
+    guard.flows.attach(f, FlowContext.__new__(FlowContext))  # routed to an instance, but not to its base URL
     await engine(guard, DefaultDeny(guard)).handle_lifecycle(HttpRequestHook(f))
     assert f.response is not None and f.response.status_code == 403
 
 
 async def test_streamed_requests_are_decided_at_requestheaders() -> None:
-    guard = Guard(settings())
+    guard = Guard(settings(), FlowStates())
     f = gateway_flow()
     f.request.stream = True
     await engine(guard, DefaultDeny(guard)).handle_lifecycle(HttpRequestHeadersHook(f))
@@ -245,7 +245,7 @@ async def test_streamed_requests_are_decided_at_requestheaders() -> None:
 
 
 def test_error_shapes() -> None:
-    guard = Guard(settings())
+    guard = Guard(settings(), FlowStates())
     anthropic = guard.error_response(gateway_flow(), 400, "m", "invalid_request_error")
     assert json.loads(anthropic.content or b"") == {"type": "error", "error": {"type": "invalid_request_error",
                                                                                 "message": "m"}}
@@ -296,7 +296,8 @@ def test_stream_taps_never_raise() -> None:
 
 
 def test_bedrock_taps_never_raise() -> None:
-    from addons.upstreams.bedrock import EventStreamToSSE, RelayTap
+    from addons.upstreams.bedrock_invoke import EventStreamToSSE
+    from addons.upstreams.bedrock_native import RelayTap
 
     class Broken:
         def feed(self, chunk: bytes) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from addons.flow.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
+from addons.flow.state import FlowStates
 from addons.sinks import metrics
 from addons.sinks.metrics import Metrics, MetricsServerError, start_server
 
@@ -24,7 +25,7 @@ def value(metric: str, **labels: str) -> float:
 def test_interception_records_drive_the_metrics() -> None:
     user = str(uuid.uuid4())  # a fresh label value: the registry is process-wide
     iid = str(uuid.uuid4())
-    sink = Metrics()
+    sink = Metrics(FlowStates())
     sink(InterceptionStart(id=iid, initiator_id=user, api_key_id=None, provider="anthropic",
                            provider_name="anthropic", model="claude", client="Claude Code", client_session_id=None,
                            credential_kind="centralized", credential_hint=None, started_at=T,

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from addons.chain.intercept import Interception, StreamTap
+from addons.chain.intercept import StreamTap
 from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -31,13 +31,15 @@ from addons.flow.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.flow.state import FlowStates, Interception
 from addons.providers.base import Api
 from addons.settings import config
 from addons.settings.config import BedrockSettings, Instance, Settings
 from addons.sinks import metrics, otel
 from addons.sinks.metrics import Metrics
 from addons.sinks.otel import CountingBatchSpanProcessor, OtelSink, Pipeline, build_pipeline, parse_traceparent
-from addons.upstreams.bedrock import EventStreamToSSE, RelayTap
+from addons.upstreams.bedrock_invoke import EventStreamToSSE
+from addons.upstreams.bedrock_native import RelayTap
 from addons.wire import anthropic, chat, converse, responses
 from addons.wire.model import RequestInfo
 from tests.fakes import upstream as fake
@@ -58,7 +60,7 @@ class Harness:
         self.pipeline = Pipeline(Resource.create({"service.name": "aigw"}), CountingBatchSpanProcessor(self.exporter),
                                  MeterProvider(metric_readers=[self.reader]))
         env = {otel.CAPTURE_CONTENT: "true"} if content else {}
-        self.sink = OtelSink(SETTINGS, self.pipeline, price, environ=env)
+        self.sink = OtelSink(SETTINGS, FlowStates(), self.pipeline, price, environ=env)
 
     def flush(self) -> None:
         assert self.pipeline.hand_off.flush(10) and self.pipeline.spans is not None
@@ -292,7 +294,7 @@ def test_a_full_export_queue_drops_and_counts_instead_of_waiting() -> None:
     exporter = BlockingExporter()
     processor = CountingBatchSpanProcessor(exporter, max_queue_size=2, max_export_batch_size=1,
                                            schedule_delay_millis=10)
-    sink = OtelSink(SETTINGS, Pipeline(Resource.create({}), processor, None), environ={})
+    sink = OtelSink(SETTINGS, FlowStates(), Pipeline(Resource.create({}), processor, None), environ={})
     before = metrics.REGISTRY.get_sample_value("coder_aibridged_otel_dropped_spans_total") or 0.0
     n = 20
     for _ in range(n):  # the exporter is stuck: the sink must not be
@@ -375,7 +377,7 @@ def test_shutdown_is_bounded_when_the_collector_never_answers(caplog: pytest.Log
 def test_prometheus_time_to_first_token_and_cost() -> None:
     user = str(uuid.uuid4())
     iid = str(uuid.uuid4())
-    sink = Metrics(price=lambda u: 0.5)
+    sink = Metrics(FlowStates(), price=lambda u: 0.5)
     record = start(iid)
     record.initiator_id = user
     sink(record)

@@ -25,6 +25,7 @@ from addons.chain.proxy_policy import (
 )
 from addons.chain.routing import WEBSOCKET_RESPONSES
 from addons.flow import state as context
+from addons.flow.state import FlowStates
 from addons.settings import config
 from addons.settings.config import Settings
 from addons.store.keys import KeyInfo, hash_key
@@ -203,6 +204,9 @@ def proxy_settings(**extra: str) -> Settings:
                                 ("copilot", "copilot", LOCAL)), **extra)
 
 
+FLOWS = FlowStates()  # what the proxy router admitted, in run()
+
+
 def tunnelled_flow(state: ProxyState, host: str, path: str, method: str = "POST",
                    **headers: str) -> http.HTTPFlow:
     flow = tflow.tflow(req=tutils.treq(method=method.encode(), scheme=b"https", host=host, port=443,
@@ -219,25 +223,25 @@ def run(host: str, path: str, s: Settings | None = None, method: str = "POST",
     s = s or proxy_settings()
     state = ProxyState.from_settings(s)
     flow = tunnelled_flow(state, host, path, method, **headers)
-    ProxyRouter(s, key_cache(), state).requestheaders(flow)
+    ProxyRouter(s, key_cache(), state, FLOWS).requestheaders(flow)
     return flow, state
 
 
 def test_no_credential_or_the_gateway_key_gets_the_instance_key() -> None:
     for headers in ({}, {"x_api_key": SECRET}, {"authorization": f"Bearer {SECRET}"}):
         flow, _ = run("api.anthropic.com", "/v1/messages?beta=true", **headers)
-        ctx = context.get(flow)
+        ctx = FLOWS.get(flow)
         assert ctx is not None and flow.response is None
         assert (ctx.instance.name, ctx.api_path, ctx.query, ctx.byok) == ("anthropic", "/v1/messages", "?beta=true",
                                                                           False)
-        assert ctx.extra["mode"] == "proxy" and ctx.identity.user_name == "alice"
+        assert ctx.mode == "proxy" and ctx.identity.user_name == "alice"
         assert "x-api-key" not in flow.request.headers and "authorization" not in flow.request.headers
 
 
 def test_any_other_credential_is_byok() -> None:
     flow, _ = run("api.openai.com", "/v1/chat/completions", authorization="Bearer sk-own-key-123456",
                   x_aigw_token=SECRET)
-    ctx = context.get(flow)
+    ctx = FLOWS.get(flow)
     assert ctx is not None and ctx.byok and ctx.client_credential == "sk-own-key-123456"
     assert flow.request.headers["authorization"] == "Bearer sk-own-key-123456"
     assert "x-aigw-token" not in flow.request.headers
@@ -252,24 +256,24 @@ def test_byok_refused_when_disabled() -> None:
 def test_copilot_always_forwards_the_users_token() -> None:
     flow, _ = run("api.business.githubcopilot.com", "/responses", authorization="Bearer gho_token",
                   editor_version="vscode/1.99")
-    ctx = context.get(flow)
+    ctx = FLOWS.get(flow)
     assert ctx is not None and ctx.byok and ctx.client_credential == "gho_token"
     flow, _ = run("api.individual.githubcopilot.com", "/chat/completions", authorization=f"Bearer {SECRET}")
     assert flow.response is not None and flow.response.status_code == 401
     flow, _ = run("api.individual.githubcopilot.com", "/models", method="GET", authorization="Bearer gho_token")
-    ctx = context.get(flow)
+    ctx = FLOWS.get(flow)
     assert ctx is not None and not ctx.route.intercepted  # passthrough, not recorded
 
 
 def test_websocket_upgrade_on_responses_is_the_websocket_route() -> None:
     flow, _ = run("api.openai.com", "/v1/responses", method="GET", upgrade="websocket", connection="Upgrade")
-    ctx = context.get(flow)
+    ctx = FLOWS.get(flow)
     assert ctx is not None and ctx.route is WEBSOCKET_RESPONSES and not ctx.byok
 
 
 def test_non_api_paths_are_relayed_without_the_gateway_key() -> None:
     flow, state = run("api.anthropic.com", "/api/claude_code/settings", method="GET", x_api_key=SECRET)
-    assert context.get(flow) is None and flow.response is None and flow in state.relays
+    assert FLOWS.get(flow) is None and flow.response is None and flow in state.relays
     assert flow.request.url == LOCAL + "/api/claude_code/settings"
     assert "x-api-key" not in flow.request.headers
     flow, state = run("api.openai.com", "/dashboard?x=1", method="GET")
@@ -278,7 +282,7 @@ def test_non_api_paths_are_relayed_without_the_gateway_key() -> None:
 
 def test_non_ai_hosts_are_relayed_untouched() -> None:
     flow, state = run("example.com", "/index.html", method="GET", authorization="Bearer not-ours")
-    assert context.get(flow) is None and flow in state.relays
+    assert FLOWS.get(flow) is None and flow in state.relays
     assert flow.request.host == "example.com" and flow.request.headers["authorization"] == "Bearer not-ours"
 
 
@@ -303,7 +307,7 @@ async def connect_flow(auth: ProxyAuth, target: tuple[str, int], header: str | N
 async def test_connect_authentication_and_destination_policy() -> None:
     s = proxy_settings()
     state = ProxyState.from_settings(s)
-    auth = ProxyAuth(s, key_cache(), state, AddressGuard(s, state))
+    auth = ProxyAuth(s, key_cache(), state, AddressGuard(s, state), FlowStates())
     good = f"Basic {b64('aigw:' + SECRET)}"
 
     flow = await connect_flow(auth, ("api.anthropic.com", 443), None)

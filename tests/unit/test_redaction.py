@@ -12,6 +12,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tools.web import app
 
 from addons.app.web import WebUi, _redact_header_text, flow_secrets, redact_flow_json, redacted_copy, scrub_value
+from addons.flow.state import FlowStates
 from addons.sinks import redaction
 
 KEY = "sk-ant-api03-PROVIDER-SECRET-aaaaaaaaaaaaaaaa"
@@ -104,7 +105,7 @@ def test_web_ui_scrubs_the_kept_request_once_sent() -> None:
 
 def test_flow_bound_keeps_the_newest_and_every_live_flow() -> None:
     view = View()
-    web = WebUi()
+    web = WebUi(FlowStates())
     with taddons.context(view, web) as tctx:
         tctx.master.view = view  # type: ignore[attr-defined]
         tctx.configure(web, aigw_web_max_flows=3)

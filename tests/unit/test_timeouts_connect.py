@@ -11,17 +11,14 @@ from mitmproxy.test import tflow, tutils
 
 from addons.app.serve import json_error_response
 from addons.chain.auth import Identity
-from addons.chain.intercept import Interception
 from addons.chain.timeouts import UpstreamTimeouts
-from addons.flow import state as context
-from addons.flow.state import FlowContext
-from addons.providers.registry import ANTHROPIC
+from addons.flow.state import FlowContext, FlowStates, Interception
+from addons.providers.anthropic import ANTHROPIC
 from addons.settings.config import Instance
-from addons.upstreams.base import UPSTREAM_ERROR
 from addons.wire.model import RequestInfo
 
 
-def flow_to(client: connection.Client, instance: str, host: str, port: int) -> http.HTTPFlow:
+def flow_to(flows: FlowStates, client: connection.Client, instance: str, host: str, port: int) -> http.HTTPFlow:
     flow = tflow.tflow(client_conn=client, req=tutils.treq(method=b"POST", path=b"/v1/messages", host=host,
                                                            port=port))
     route = ANTHROPIC.route("POST", "/v1/messages")
@@ -32,24 +29,24 @@ def flow_to(client: connection.Client, instance: str, host: str, port: int) -> h
                       identity=Identity("u1", "alice", "k1", False), byok=False, received_at=dt.datetime.now(dt.UTC))
     ctx.interception = Interception(id=instance, api=route.api, started_at=dt.datetime.now(dt.UTC),
                                     info=RequestInfo())
-    context.attach(flow, ctx)
+    flows.attach(flow, ctx)
     return flow
 
 
 async def test_only_flows_waiting_for_the_timed_out_upstream_fail() -> None:
     """One HTTP/2 client connection, streams to two upstreams: the one that hangs fails, the other does not."""
-    timeouts = UpstreamTimeouts(connect=1.0, idle=None)
+    timeouts = UpstreamTimeouts(FlowStates(), connect=1.0, idle=None)
     client = tflow.tclient_conn()
-    hung = flow_to(client, "slow", "10.0.0.1", 443)
-    fine = flow_to(client, "fast", "10.0.0.2", 443)
+    hung = flow_to(timeouts.flows, client, "slow", "10.0.0.1", 443)
+    fine = flow_to(timeouts.flows, client, "fast", "10.0.0.2", 443)
     for flow in (hung, fine):
         timeouts.request(flow)
     server = connection.Server(address=("10.0.0.1", 443))
     opening = asyncio.get_running_loop().create_task(asyncio.sleep(60))
     timeouts.connecting[server] = (0.0, client, opening)  # past its deadline
     await timeouts.check()
-    assert context.get(hung).extra[UPSTREAM_ERROR] == "upstream connect timeout after 1s"  # type: ignore[union-attr]
-    assert UPSTREAM_ERROR not in context.get(fine).extra  # type: ignore[union-attr]
+    assert timeouts.flows.get(hung).upstream_error == "upstream connect timeout after 1s"  # type: ignore[union-attr]
+    assert timeouts.flows.get(fine).upstream_error is None  # type: ignore[union-attr]
     assert timeouts.watches[hung].fired and not timeouts.watches[fine].fired
     try:
         await opening
