@@ -25,6 +25,7 @@ from addons.chain.routing import RESERVED, is_gateway_request, split_gateway_pat
 from addons.pricing import missing_prices
 from addons.providers.errors import any_error, json_response
 from addons.reports import audit
+from addons.reports.filters import Filters, build_filters, parse_since
 from addons.reports.html import render_report
 from addons.settings.config import Settings
 from addons.settings.durations import parse_duration
@@ -184,12 +185,12 @@ class AdminApi:
         except ValueError as e:
             raise ApiError(400, str(e), "invalid_request_error") from None
 
-    def filters(self, flow: http.HTTPFlow, identity: Identity) -> audit.Filters:
+    def filters(self, flow: http.HTTPFlow, identity: Identity) -> Filters:
         q = flow.request.query
         if not identity.admin and q.get("user") not in (None, identity.user_name):
             raise ApiError(403, "only admin keys may see other users' data", "permission_error")
         try:
-            return audit.build_filters(
+            return build_filters(
                 user=q.get("user"), provider=q.get("provider"), model=q.get("model"), client=q.get("client"),
                 since=q.get("since"), until=q.get("until"), session_id=q.get("session_id"),
                 status=q.get("status"), initiator_id=None if identity.admin else identity.user_id,
@@ -297,7 +298,7 @@ class AdminApi:
             now = datetime.now(UTC)
             since = flow.request.query.get("since", "30d")
             try:
-                start = audit.parse_since(since, now)
+                start = parse_since(since, now)
             except ValueError as e:
                 raise ApiError(400, str(e), "invalid_request_error") from None
             return 200, {"html": await self.read(lambda c: render_report(c, start, now))}

@@ -65,12 +65,12 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
     from urllib.parse import quote
 
-    from addons.reports import audit
+    from addons.reports.filters import parse_since
     from addons.reports.html import render_report
 
     def local(conn: Any) -> str:
         now = datetime.now(UTC)
-        return render_report(conn, audit.parse_since(args.since, now), now)
+        return render_report(conn, parse_since(args.since, now), now)
 
     html = read_store(settings, lambda gw: runtime.call(
         gw, "GET", f"/api/v2/aibridge/admin/report?since={quote(args.since)}")["html"], local)

@@ -97,9 +97,9 @@ def filter_query(args: argparse.Namespace, **extra: Any) -> str:
 
 
 def local_filters(args: argparse.Namespace, settings: Settings) -> Any:
-    from addons.reports import audit
+    from addons.reports import filters
 
-    return audit.build_filters(user=args.user, provider=args.provider, model=args.model, client=args.client,
+    return filters.build_filters(user=args.user, provider=args.provider, model=args.model, client=args.client,
                                since=args.since, until=args.until,
                                known_instances={i.name for i in settings.instances})
 

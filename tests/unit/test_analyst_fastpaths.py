@@ -27,6 +27,7 @@ import pytest
 from addons.pricing import Pricer, reprice
 from addons.reports import audit
 from addons.reports import html as report
+from addons.reports.filters import Filters, conditions
 from addons.store import rollup
 from addons.store.views import interception_facts_sql, session_summary_sql
 from tests.seed import seed
@@ -150,9 +151,9 @@ def reference_report(conn: duckdb.DuckDBPyConnection, since: datetime, now: date
     return report._render(data)
 
 
-def reference_sessions(conn: duckdb.DuckDBPyConnection, f: audit.Filters, limit: int) -> list[dict[str, Any]]:
+def reference_sessions(conn: duckdb.DuckDBPyConnection, f: Filters, limit: int) -> list[dict[str, Any]]:
     """Every interception grouped into sessions, then sorted and cut."""
-    cond, params = audit._where(f)
+    cond, params = conditions(f)
     where = f"WHERE {' AND '.join(cond)}" if cond else ""
     sql = f"""
         WITH sel AS (SELECT i.* FROM aibridge_interceptions i LEFT JOIN users u ON u.id = i.initiator_id {where}),
@@ -301,16 +302,16 @@ def _strip_ties(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("filters", [
-    audit.Filters(),
-    audit.Filters(user="user007"),
-    audit.Filters(model="gpt-5*"),
-    audit.Filters(client="copilot"),
-    audit.Filters(status="failed"),
-    audit.Filters(since=END - timedelta(days=2, hours=7), until=END - timedelta(days=1)),
-    audit.Filters(since=END + timedelta(days=1)),  # nothing
+    Filters(),
+    Filters(user="user007"),
+    Filters(model="gpt-5*"),
+    Filters(client="copilot"),
+    Filters(status="failed"),
+    Filters(since=END - timedelta(days=2, hours=7), until=END - timedelta(days=1)),
+    Filters(since=END + timedelta(days=1)),  # nothing
 ], ids=["all", "user", "model-glob", "client", "failed", "window", "empty"])
 @pytest.mark.parametrize("limit", [1, 7, 50, 1000])
-def test_sessions_equal_grouping_everything(db: Path, filters: audit.Filters, limit: int) -> None:
+def test_sessions_equal_grouping_everything(db: Path, filters: Filters, limit: int) -> None:
     conn = duckdb.connect(str(db), read_only=True)
     try:
         fast = audit.list_sessions(conn, filters, limit)
@@ -324,8 +325,8 @@ def test_sessions_equal_grouping_everything(db: Path, filters: audit.Filters, li
 def test_sessions_on_the_seed_data(seeded: tuple[duckdb.DuckDBPyConnection, Any]) -> None:
     conn, _ = seeded
     for limit in (1, 3, 1000):
-        assert _strip_ties(audit.list_sessions(conn, audit.Filters(), limit)) == _strip_ties(
-            reference_sessions(conn, audit.Filters(), limit))
+        assert _strip_ties(audit.list_sessions(conn, Filters(), limit)) == _strip_ties(
+            reference_sessions(conn, Filters(), limit))
 
 
 # --------------------------------------------------------------------------- CLI limits

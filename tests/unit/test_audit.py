@@ -9,20 +9,9 @@ from datetime import UTC, datetime, time, timedelta
 import duckdb
 import pytest
 
-from addons.reports.audit import (
-    INTERCEPTION_COLUMNS,
-    SESSION_COLUMNS,
-    Filters,
-    build_filters,
-    decode_cursor,
-    encode_cursor,
-    format_table,
-    get_interception,
-    list_interceptions,
-    list_sessions,
-    parse_since,
-    validate_filters,
-)
+from addons.cli.table import INTERCEPTION_COLUMNS, SESSION_COLUMNS, format_table
+from addons.reports.audit import decode_cursor, encode_cursor, get_interception, list_interceptions, list_sessions
+from addons.reports.filters import Filters, build_filters, parse_since, validate_filters
 from tests.seed import UNKNOWN_MODEL, SeedSummary
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
