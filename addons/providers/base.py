@@ -1,16 +1,23 @@
-"""What every provider type shares: route tables and error bodies.
+"""What every provider type shares: the `Provider` value and its route tables.
 
-A provider is a value: it names its routes, says how its credential is
-carried, and shapes its errors. It never touches the store or the network.
+A provider is a value, declared in its own module (anthropic.py, openai.py,
+copilot.py, bedrock.py): its routes, the header its key travels in, the wire
+parser of each API it serves and the request rewrites those APIs need. It
+never touches the store or the network; upstream strategies (addons/upstreams/)
+act on what it declares.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import orjson
+if TYPE_CHECKING:
+    from addons.wire.model import RequestInfo
 
 
 class Api(StrEnum):
@@ -43,6 +50,34 @@ def rule(pattern: str, api: Api | None, name: str, methods: tuple[str, ...] | No
     return RouteRule(re.compile(pattern), Route(api, name), frozenset(methods) if methods else None)
 
 
+class KeyHeader(StrEnum):
+    """Where a provider key travels."""
+
+    X_API_KEY = "x-api-key"
+    BEARER = "authorization"  # `Authorization: Bearer <key>`
+
+    def put(self, headers: MutableMapping[str, str], key: str) -> None:
+        """Carry `key` in this header, and drop the other one (a client's credential, never forwarded)."""
+        other = KeyHeader.BEARER if self is KeyHeader.X_API_KEY else KeyHeader.X_API_KEY
+        headers.pop(other.value, None)
+        headers[self.value] = key if self is KeyHeader.X_API_KEY else f"Bearer {key}"
+
+
+# Rewrites an intercepted request body (as read: `RequestInfo`) in place; True when the response will
+# carry something the client did not ask for, which the stream tap then hides (`Interception.hide_usage`).
+type Rewrite = Callable[[dict[str, Any], RequestInfo], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSpec:
+    """How one API is spoken: its wire parser (`parse_request`, `parse_response`, `StreamParser`),
+    the header its key travels in, and the rewrite its requests need before they go upstream."""
+
+    parser: ModuleType
+    key_header: KeyHeader
+    rewrite: Rewrite | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     type: str
@@ -50,7 +85,14 @@ class Provider:
     # base URL ends in /v1 while the instance base URL already has it).
     gateway_prefix: str
     rules: tuple[RouteRule, ...]
+    # The APIs its intercepted routes speak. The API, not the provider, decides the parser, the key
+    # header and the error shape: Copilot's /v1/messages speaks Anthropic.
+    apis: Mapping[Api, ApiSpec] = field(default_factory=dict)
+    key_header: KeyHeader = KeyHeader.BEARER  # on its pass-through routes
     passthrough_everything: bool = False
+    # The client's own credential always goes upstream (Copilot: no organisation key exists).
+    client_credential_only: bool = False
+    websocket_responses: bool = False  # serves the Responses API over a WebSocket (Codex)
 
     def route(self, method: str, api_path: str) -> Route | None:
         """Classify a request by its path relative to the instance base URL."""
@@ -69,20 +111,10 @@ class Provider:
             return gateway_rest[len(self.gateway_prefix) :] or "/"
         return None
 
+    def spec(self, api: Api) -> ApiSpec:
+        return self.apis[api]
 
-def anthropic_error(message: str, error_type: str) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
-
-
-def openai_error(message: str, error_type: str, code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}})
-
-
-def aws_error(message: str, aws_type: str) -> bytes:
-    """AWS's JSON error shape (Bedrock-native clients); botocore reads the exception name from `__type`."""
-    return orjson.dumps({"__type": aws_type, "message": message})
-
-
-def any_error(message: str, error_type: str, code: str | None = None) -> bytes:
-    """An error both SDK families parse, for when no provider is known yet."""
-    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message, "code": code}})
+    def put_key(self, headers: MutableMapping[str, str], api: Api | None, key: str) -> None:
+        """Carry the provider key the way the route's API (or, on pass-through routes, the provider) expects."""
+        spec = self.apis.get(api) if api is not None else None
+        (spec.key_header if spec is not None else self.key_header).put(headers, key)

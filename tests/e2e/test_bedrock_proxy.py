@@ -29,7 +29,7 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 
-from addons.providers.bedrock import sign
+from addons.upstreams.aws import sign
 from tests.eventstream_encoder import chunk_frame, converse_frame
 from tests.fakes.bedrock import COUNT_TOKENS, TEXT, FakeBedrock, Reply, anthropic_events
 from tests.fakes.tls import Pki

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
 
-from addons.providers.bedrock import BedrockCredentials, default_chain
+from addons.upstreams.aws import BedrockCredentials, default_chain
 
 
 @pytest.fixture(autouse=True)

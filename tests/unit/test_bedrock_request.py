@@ -21,9 +21,9 @@ from addons.providers.bedrock import (
     parse_model_path,
     region_from_endpoint,
     resolve_region,
-    sign,
     translate_error,
 )
+from addons.upstreams.aws import sign
 from tests import txtar
 from tests.fakes.bedrock import FakeBedrock, Reply, verify_sigv4
 

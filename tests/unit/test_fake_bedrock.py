@@ -17,7 +17,7 @@ from botocore.eventstream import ChecksumMismatch
 from botocore.exceptions import ClientError, EventStreamError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
-from addons.providers.bedrock import sign
+from addons.upstreams.aws import sign
 from tests.eventstream_encoder import chunk_frame, converse_frame, corrupt_crc, exception_frame
 from tests.fakes.bedrock import FakeBedrock, Reply, anthropic_events
 
