@@ -20,6 +20,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 from addons.app import ca, runtime
 from addons.app.engine import AigwMaster, use_hook_table
+from addons.app.http_layer import AigwHttpLayers
 from addons.app.workers.link import ForwardAdmin, WorkerLink
 from addons.app.workers.process import loop_factory, name_otel_resource, tag_logs
 from addons.app.workers.supervisor import Supervisor
@@ -28,19 +29,20 @@ from addons.chain.analytics import RollupRefresher, SnapshotPublisher
 from addons.chain.auth import KeyCache
 from addons.chain.circuit import CircuitBreakers
 from addons.chain.governance import Governance
-from addons.chain.guard import DefaultDeny, Guard, install_request_body_limit
+from addons.chain.guard import DefaultDeny, Guard
 from addons.chain.intercept import Interceptor
 from addons.chain.limits import period_bounds
-from addons.chain.proxy import install_absolute_form_marker, proxy_addons
+from addons.chain.proxy import proxy_addons
 from addons.chain.retention import Retention
 from addons.chain.routing import Router
 from addons.chain.shutdown import GracefulShutdown
 from addons.chain.timeouts import CONNECT_TIMEOUT, UpstreamTimeouts
 from addons.flow.records import TokenUsageRecord
 from addons.flow.state import FlowStates
-from addons.pricing import Pricer, usage_price
+from addons.pricing.pricer import Pricer, usage_price
 from addons.providers.errors import any_error, json_response
-from addons.settings.config import PROPAGATE_WITHOUT_OTEL, Settings
+from addons.settings.config import Settings
+from addons.settings.loader import PROPAGATE_WITHOUT_OTEL
 from addons.sinks.dumps import Dumps
 from addons.sinks.logs import Logs, LogSetupError, setup_logging
 from addons.sinks.metrics import REGISTRY, Metrics, MetricsServer, MetricsServerError, chain_on_batch, start_server
@@ -49,8 +51,8 @@ from addons.sinks.redaction import configured_secrets
 from addons.store import db, lake
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
-from addons.upstreams.keypool import KeyFailover
-from addons.upstreams.strategies import BedrockUpstreams
+from addons.upstreams.keypool import KeyFailover, KeyPools
+from addons.upstreams.strategies import Upstreams
 
 log = logging.getLogger("aigw")
 
@@ -75,8 +77,6 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
 def prepare_process() -> None:
     """What every gateway process (the primary and each worker) sets up before mitmproxy starts."""
     _http1.make_error_response = json_error_response  # see json_error_response
-    install_absolute_form_marker()  # plain-HTTP proxy requests must be told from gateway routes
-    install_request_body_limit()  # 413 while a request body arrives, before it is buffered whole
     # DuckDB re-creates its WAL at every checkpoint with the process umask; keep data owner-only.
     os.umask(0o077)
 
@@ -131,13 +131,14 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
                 print(f"aigw: {e}", file=sys.stderr)
                 return 1
         if settings.otel:
-            from addons.sinks import otel  # only here: a gateway without OTel loads none of the SDK
+            # only here: a gateway without OTel loads none of the SDK
+            from addons.sinks.otel.pipeline import OtelSetupError, build_pipeline
 
             if supervisor is not None:
                 name_otel_resource(0)
             try:
-                otel_pipeline = otel.build_pipeline()
-            except otel.OtelSetupError as e:
+                otel_pipeline = build_pipeline()
+            except OtelSetupError as e:
                 print(f"aigw: {e}", file=sys.stderr)
                 return 1
         return asyncio.run(serve(settings, recorder, keys, sets=sets, web=web, quiet=quiet,
@@ -169,12 +170,12 @@ def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, 
     otel_pipeline = None
     try:
         if settings.otel:
-            from addons.sinks import otel
+            from addons.sinks.otel.pipeline import OtelSetupError, build_pipeline
 
             name_otel_resource(worker)
             try:
-                otel_pipeline = otel.build_pipeline()
-            except otel.OtelSetupError as e:
+                otel_pipeline = build_pipeline()
+            except OtelSetupError as e:
                 print(f"aigw: {e}", file=sys.stderr)
                 return 1
         return asyncio.run(serve_worker(settings, sets, worker, path, quiet, otel_pipeline),
@@ -277,8 +278,9 @@ async def serve(settings: Settings, recorder: Recorder | WorkerLink, keys: KeyCa
     # runs that hook through every addon on the loop; no addon here uses it, and it was
     # the largest single cost per request in scripts/bench (see BENCHMARKS.md).
     master._legacy_log_events.uninstall()  # type: ignore[attr-defined]
-    bedrock = BedrockUpstreams(settings)
-    interceptor = Interceptor(flows, recorder.record, bedrock.upstream_for)
+    pools = KeyPools()
+    upstreams = Upstreams(settings, pools)
+    interceptor = Interceptor(flows, recorder.record, upstreams.upstream_for)
     shutdown = GracefulShutdown(interceptor, flows)
     guard = Guard(settings, flows, interceptor.fail)
     metrics_addons: list[object] = []
@@ -299,13 +301,14 @@ async def serve(settings: Settings, recorder: Recorder | WorkerLink, keys: KeyCa
         metrics_addons.append(metrics_sink)
     otel_addons: list[object] = []
     if otel_pipeline is not None:
-        from addons.sinks import otel
+        from addons.sinks.otel.sink import OtelSink
+        from addons.sinks.otel.trace_context import PropagateUpstream
 
-        otel_sink = otel.OtelSink(settings, flows, otel_pipeline, price)
+        otel_sink = OtelSink(settings, flows, otel_pipeline, price)
         recorder.sinks.append(otel_sink)
         otel_addons.append(otel_sink)  # its request hook notes the request's credentials, to scrub from the span
         if settings.otel_propagate_upstream:
-            otel_addons.append(otel.PropagateUpstream(flows))
+            otel_addons.append(PropagateUpstream(flows))
     # The database's own addons run where the database is; a worker forwards admin calls there.
     admin: AdminApi | None = None
     if isinstance(recorder, Recorder):
@@ -320,6 +323,7 @@ async def serve(settings: Settings, recorder: Recorder | WorkerLink, keys: KeyCa
         admin_addons, database_addons, retention = [ForwardAdmin(recorder)], [], []
     master.addons.add(  # type: ignore[attr-defined]
         guard,  # first: refuses malformed requests; the engine's fail-closed path (addons/chain/guard.py)
+        AigwHttpLayers(),  # marks proxied requests and bounds request bodies as mitmproxy parses them
         shutdown,  # refuses new requests while draining
         Logs(settings, recorder.sinks),
         *proxy_addons(settings, keys, flows),  # transparent proxy: before the gateway routes
@@ -328,13 +332,13 @@ async def serve(settings: Settings, recorder: Recorder | WorkerLink, keys: KeyCa
         interceptor,
         governance,  # right after the interceptor: a refusal is a failed interception, never an upstream failure
         *otel_addons,  # after the interceptor: the traceparent derives from the interception id
-        KeyFailover(flows),
+        KeyFailover(flows, pools),
         # After the key failover (a 429 cools the key first) and before the timeouts (a refused request
         # is never watched); the timeouts' responseheaders wraps the stream tap the interceptor set.
         *([CircuitBreakers(settings.circuit_breaker, interceptor, flows)] if settings.circuit_breaker else []),
         UpstreamTimeouts(flows, settings.upstream_connect_timeout, settings.upstream_idle_timeout),
         *database_addons,
-        bedrock,
+        upstreams,
         recorder,  # a worker's link: refuses new requests while its records wait (back-pressure)
         *metrics_addons,
         *retention,
@@ -343,7 +347,7 @@ async def serve(settings: Settings, recorder: Recorder | WorkerLink, keys: KeyCa
         Dumps(settings, flows),  # last: dumps the request exactly as it goes upstream
     )
     # AWS credentials resolve on threads; wait for them (off the loop) before serving.
-    await bedrock.start()
+    await upstreams.start()
     opts.update(
         mode=[f"regular@{settings.listen_host}:{settings.listen_port}"],
         confdir=str(settings.home.certs_dir),  # --set confdir=… still wins

@@ -48,6 +48,7 @@ from mitmproxy.tools.web.master import WebMaster
 
 from addons.chain import routing
 from addons.flow.state import FlowContext, FlowStates
+from addons.settings.instances import RESERVED_NAMES
 from addons.sinks import redaction
 
 log = logging.getLogger("aigw.web")
@@ -262,7 +263,7 @@ def is_own_api(f: mflow.Flow) -> bool:
     if path == "/healthz" or path.startswith("/healthz?"):
         return True
     parts = routing.split_gateway_path(path)
-    return parts is not None and parts[0] in routing.RESERVED
+    return parts is not None and parts[0] in RESERVED_NAMES
 
 
 class OwnApiHidingView(View):

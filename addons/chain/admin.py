@@ -21,14 +21,15 @@ from mitmproxy import http
 from addons.chain.analytics import snapshot_dir
 from addons.chain.auth import Identity, KeyCache, presented_credential
 from addons.chain.governance import Governance
-from addons.chain.routing import RESERVED, is_gateway_request, split_gateway_path
-from addons.pricing import missing_prices
+from addons.chain.routing import is_gateway_request, split_gateway_path
+from addons.pricing.queries import missing_prices
 from addons.providers.errors import any_error, json_response
 from addons.reports import audit
 from addons.reports.filters import Filters, build_filters, parse_since
 from addons.reports.html import render_report
 from addons.settings.config import Settings
 from addons.settings.durations import parse_duration
+from addons.settings.instances import RESERVED_NAMES
 from addons.sinks.recorder import Recorder
 from addons.store import governance as governance_store
 from addons.store import keys as keystore
@@ -84,7 +85,7 @@ class AdminApi:
         if parts is None:
             return
         name, rest, _query = parts
-        if name not in RESERVED:
+        if name not in RESERVED_NAMES:
             return
         handler = getattr(self, f"api_{name}", None)
         try:

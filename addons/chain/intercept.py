@@ -1,12 +1,12 @@
 """Addon: intercepted routes — parse the request, tap the response, record the result.
 
-The stream tap runs synchronously inside mitmproxy's core for every chunk: it
-decodes SSE incrementally, feeds the provider's parser and hands the chunk on
-unchanged (or, for Chat Completions where the gateway asked for usage the
-client did not, without the extra usage chunk). The interception's start and
-its prompt are recorded when the request is accepted; the rest is built at the
-end of the flow — in `response` or `error`, whichever fires. Records go to the
-recorder, which never blocks the loop.
+What differs per upstream (where the request goes, its credential, how the
+response body passes and is parsed) is the flow's `Upstream` strategy
+(addons/upstreams/); what differs per API (the request rewrite) is the
+provider's (addons/providers/). The interception's start and its prompt are
+recorded when the request is accepted; the rest is built at the end of the
+flow — in `response` or `error`, whichever fires. Records go to the recorder,
+which never blocks the loop.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -23,7 +22,6 @@ from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http
 
 from addons.chain.guard import allow_upstream
-from addons.chain.routing import inject_credential
 from addons.flow import clients
 from addons.flow.records import (
     InterceptionEnd,
@@ -35,117 +33,25 @@ from addons.flow.records import (
     ToolUsageRecord,
 )
 from addons.flow.state import FlowContext, FlowStates, Interception
-from addons.providers.base import Api
 from addons.providers.errors import error_body, json_response
-from addons.upstreams.base import Refusal, Upstream, client_left
-from addons.wire import anthropic, chat, responses
+from addons.settings.masking import mask_secret
+from addons.upstreams.base import Upstream, client_left
+from addons.upstreams.direct import DirectUpstream
+from addons.upstreams.keypool import KeyPools
 from addons.wire.encoding import BodyError, decode_body
 from addons.wire.model import RequestInfo, ResponseSummary
-from addons.wire.sse import SSEDecoder, SSEEvent, lone_block
 
 log = logging.getLogger("aigw.intercept")
 
-PARSERS: dict[Api, ModuleType] = {Api.MESSAGES: anthropic, Api.CHAT: chat, Api.RESPONSES: responses}
 MAX_BODY_DEFAULT = 32 * 1024 * 1024
-# Forcing include_usage adds this field to every chunk; the client would not have seen it.
-USAGE_NULL = (b',"usage":null', b', "usage": null')
-
-
-def _strip_usage_null(raw: bytes) -> bytes:
-    return raw.replace(USAGE_NULL[0], b"").replace(USAGE_NULL[1], b"")
-
-
-class StreamTap:
-    """The callable set as `flow.response.stream`. Never raises."""
-
-    __slots__ = ("decoder", "failed", "hide_usage", "parser", "timed")
-
-    def __init__(self, parser: Any, hide_usage: bool, timed: Interception | None = None) -> None:
-        self.decoder = SSEDecoder()
-        self.parser = parser
-        self.hide_usage = hide_usage
-        self.failed = False
-        self.timed = timed  # gets the first chunk's arrival time, then is dropped
-
-    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        if self.timed is not None and chunk:
-            self.timed.first_chunk_at = datetime.now(UTC)
-            self.timed = None
-        if self.failed:
-            return chunk
-        try:
-            block = lone_block(chunk) if self.decoder.idle else None
-            if block is None:
-                events = self.decoder.feed(chunk) if chunk else self.decoder.close()
-            elif self.parser.skips(*block):
-                # Most chunks are one text delta: nothing to record, nothing to decode.
-                return [_strip_usage_null(chunk)] if self.hide_usage else chunk
-            else:  # what the decoder would return, without scanning the chunk again
-                events = [SSEEvent(block[0], block[1].decode("utf-8", "replace"), chunk)]
-            for event in events:
-                if event.data is not None:
-                    self.parser.on_event(event)
-            if not self.hide_usage:
-                return chunk
-            out = b"".join(e.raw for e in events if not chat.is_usage_only_chunk(e))
-            # An empty data chunk would end the client's chunked body early: send nothing instead.
-            return [_strip_usage_null(out)] if out else []
-        except Exception:
-            # A parser bug must not break the client's stream: stop parsing, keep relaying.
-            log.exception("stream tap failed; relaying the rest unparsed")
-            self.failed = True
-            return chunk
-
-
-class DirectUpstream:
-    """The provider's own API: base URL + provider key; SSE tapped as it passes."""
-
-    def read_request(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any]) -> RequestInfo:
-        assert ctx.route.api is not None
-        return PARSERS[ctx.route.api].parse_request(body)
-
-    def read_response(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any]) -> ResponseSummary:
-        assert ctx.route.api is not None
-        return PARSERS[ctx.route.api].parse_response(body)
-
-    def forward(self, flow: http.HTTPFlow, ctx: FlowContext, body: dict[str, Any] | None) -> Refusal | None:
-        retry_after = inject_credential(flow, ctx)
-        if retry_after is not None:
-            return Refusal(429, f"every provider key of instance {ctx.instance.name!r} is rate limited or "
-                           f"refused; retry in {retry_after}s", "rate_limit_error", retry_after)
-        if body is not None:
-            # The tap must see plain bytes, not gzip/zstd.
-            flow.request.headers["accept-encoding"] = "identity"
-        return None
-
-    def response_headers(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
-        assert flow.response is not None
-        interception = ctx.interception
-        if interception is None:
-            flow.response.stream = True  # passthrough: relayed as it comes, never parsed
-            return
-        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-            interception.parser = PARSERS[interception.api].StreamParser()
-            flow.response.stream = StreamTap(interception.parser, interception.hide_usage, interception)
-        # Anything else (blocking JSON, errors) is small and parsed whole in `response`.
-
-    def response(self, flow: http.HTTPFlow, ctx: FlowContext) -> None:
-        pass
-
-
-DIRECT = DirectUpstream()
-
-
 class Interceptor:
     def __init__(self, flows: FlowStates, record: Callable[[Record], None],
-                 upstream_for: Callable[[FlowContext], Upstream | None] | None = None) -> None:
+                 upstream_for: Callable[[FlowContext], Upstream] | None = None) -> None:
         self.flows = flows
         self.record = record
-        # Picks a non-default upstream strategy (e.g. Bedrock) for a flow; None: the provider's API.
-        self._upstream_for = upstream_for
-
-    def upstream(self, ctx: FlowContext) -> Upstream:
-        return (self._upstream_for(ctx) if self._upstream_for else None) or DIRECT
+        # Picks the upstream strategy for a flow (addons/upstreams/strategies.py); without it, the provider's API.
+        direct = DirectUpstream(KeyPools())
+        self.upstream: Callable[[FlowContext], Upstream] = upstream_for or (lambda ctx: direct)
 
     def load(self, loader: Any) -> None:
         loader.add_option("aigw_max_body_size", int, MAX_BODY_DEFAULT,
@@ -190,9 +96,8 @@ class Interceptor:
             return
         info = upstream.read_request(flow, ctx, body)
         interception = self.start(flow, ctx, info, body)
-        if api is Api.CHAT and info.stream and not chat.client_wants_usage(body):
-            options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-            body["stream_options"] = {**options, "include_usage": True}
+        spec = ctx.provider.apis.get(api)
+        if spec is not None and spec.rewrite is not None and spec.rewrite(body, info):
             flow.request.content = orjson.dumps(body)
             interception.hide_usage = True
         refusal = upstream.forward(flow, ctx, body)
@@ -233,6 +138,7 @@ class Interceptor:
         }
         if who.version:
             metadata["client_version"] = _text(who.version)
+        credential = ctx.client_credential if ctx.byok else ctx.instance.key
         self.record(InterceptionStart(
             id=interception.id,
             initiator_id=ctx.identity.user_id,
@@ -243,7 +149,7 @@ class Interceptor:
             client=who.client,
             client_session_id=_text(who.session_id),
             credential_kind="byok" if ctx.byok else "centralized",
-            credential_hint=clients.mask_secret(ctx.client_credential if ctx.byok else ctx.instance.key),
+            credential_hint=mask_secret(credential, tail=4) if credential else None,
             started_at=now,
             metadata=metadata,
             correlating_tool_call_id=info.correlating_tool_call_id,

@@ -24,7 +24,6 @@ instance base URL (connection_strategy=lazy), which an administrator configured.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import weakref
@@ -55,13 +54,13 @@ from addons.chain.proxy_policy import (
     proxy_password,
 )
 from addons.chain.routing import BYOK_HEADER, Credential, admit, classify_route
-from addons.flow import state as context
-from addons.flow.state import FlowStates
+from addons.flow.state import ABSOLUTE_FORM, PROXIED, FlowStates
 from addons.providers.base import Api
 from addons.providers.bedrock import BEDROCK
 from addons.providers.errors import any_error, error_body, json_response
 from addons.providers.registry import PROVIDERS
-from addons.settings.config import Instance, Settings
+from addons.settings.config import Settings
+from addons.settings.instances import Instance
 from addons.sinks import metrics
 from addons.sinks.redaction import without_query_credentials
 from addons.upstreams.aws import client_aws_credential
@@ -115,35 +114,6 @@ def proxy_error(status: int, message: str, error_type: str, headers: dict[str, s
 
 def proxy_auth_required(message: str) -> http.Response:
     return proxy_error(407, message, "authentication_error", {"proxy-authenticate": REALM})
-
-
-# -- absolute-form requests ---------------------------------------------------------------
-
-
-def install_absolute_form_marker() -> None:
-    """Remember which requests arrived in absolute form (plain-HTTP proxy requests).
-
-    mitmproxy turns `GET http://host/p HTTP/1.1` into origin form before the first
-    hook, after which it looks exactly like a gateway request `GET /p` with a Host
-    header. Proxied requests must be authenticated as such, so mark them while
-    mitmproxy still knows.
-    """
-    from mitmproxy.proxy.layers.http import HTTPMode, HttpStream, RequestHeaders
-
-    original = HttpStream.state_wait_for_request_headers
-    if getattr(original, "_aigw_marks_absolute_form", False):
-        return
-
-    @functools.wraps(original)
-    def state_wait_for_request_headers(self: HttpStream, event: Any) -> Any:
-        request = event.request if isinstance(event, RequestHeaders) else None
-        if (request is not None and request.authority and request.method != "CONNECT"
-                and self.mode is HTTPMode.regular and request.http_version.startswith("HTTP/1")):
-            context.mark_absolute_form(request)
-        return original(self, event)
-
-    state_wait_for_request_headers._aigw_marks_absolute_form = True  # type: ignore[attr-defined]
-    HttpStream.state_wait_for_request_headers = state_wait_for_request_headers  # type: ignore[method-assign]
 
 
 # -- destinations --------------------------------------------------------------------------
@@ -298,18 +268,17 @@ class ProxyAuth:
         decrypted = self.state.host_map.decrypts(host) or self.state.host_map.is_native_bedrock(host)
         self.state.tunnels[flow.client_conn] = Tunnel(host, auth.secret, decrypted)
         allow_upstream(self.flows, flow)  # authenticated, port and address checked (guard.py: default deny)
-        context.mark_tunnel(flow.client_conn)
         flow.metadata["aigw_user"] = auth.identity.user_name
         flow.metadata["aigw_tunnel"] = "decrypted" if decrypted else "tunnelled"
         metrics.PROXY_CONNECTS.labels(type="mitm" if decrypted else "tunneled").inc()
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or not context.is_absolute_form(flow.request):
+        if flow.response is not None or flow.metadata.get(PROXIED) != ABSOLUTE_FORM:
             return
         if self.is_self_request(flow):
             # `http://<this gateway>/…` through the proxy (HTTP_PROXY and a base URL both set):
             # it is a gateway request, authenticated by the gateway route itself.
-            context.unmark_absolute_form(flow.request)
+            del flow.metadata[PROXIED]
             flow.request.headers.pop(HOP_HEADER, None)
             return
         auth = self.authenticate(flow)
@@ -366,7 +335,7 @@ class ProxyRouter:
         auth = None
         if tunnel is not None:
             host, secret = tunnel.host, tunnel.secret
-        elif context.is_absolute_form(flow.request):
+        elif flow.metadata.get(PROXIED) == ABSOLUTE_FORM:
             auth = self.state.absolute_auth.get(flow)
             if auth is None:
                 return  # refused by ProxyAuth (it set the response)
@@ -428,7 +397,7 @@ class ProxyRouter:
         """The request's own credential decides: none or the gateway key -> the instance key; else BYOK."""
         presented = presented_credential(headers)
         is_gateway_key = self.keys.is_gateway_credential(presented, secret)
-        if instance.type == "copilot":
+        if PROVIDERS[instance.type].client_credential_only:
             # Copilot has no organisation key: the user's GitHub token always goes upstream.
             return Credential(byok=True, explicit=False, client_credential=None if is_gateway_key else presented)
         if presented is None or is_gateway_key:
@@ -464,5 +433,4 @@ def proxy_addons(settings: Settings, keys: KeyCache, flows: FlowStates) -> list[
             ProxyRouter(settings, keys, state, flows), WebSocketRecorder(flows)]
 
 
-__all__ = ["AddressGuard", "ProxyAuth", "ProxyRouter", "ProxyState", "TlsPolicy", "install_absolute_form_marker",
-           "proxy_addons", "resolve"]
+__all__ = ["AddressGuard", "ProxyAuth", "ProxyRouter", "ProxyState", "TlsPolicy", "proxy_addons", "resolve"]

@@ -18,21 +18,18 @@ import orjson
 from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http
 
-from addons.chain.auth import Identity, KeyCache, bearer, looks_like_provider_key, presented_credential
-from addons.flow import state as context
-from addons.flow.state import FlowContext, FlowStates
+from addons.chain.auth import Identity, KeyCache, looks_like_provider_key, presented_credential
+from addons.flow.state import PROXIED, FlowContext, FlowStates
 from addons.providers.base import Api, Provider, Route
 from addons.providers.errors import any_error, error_body, json_response
 from addons.providers.registry import PROVIDERS
-from addons.settings.config import Instance, Settings
+from addons.settings.config import Settings
+from addons.settings.instances import RESERVED_NAMES, Instance
 from addons.sinks.redaction import looks_like_gateway_key, without_query_credentials
-from addons.upstreams.keypool import pool_for
 
 log = logging.getLogger("aigw.routing")
 
 PREFIXES = ("/api/v2/aibridge/", "/api/v2/ai-gateway/")
-# Names under the prefix that belong to the gateway itself (see admin.py).
-RESERVED = frozenset({"interceptions", "sessions", "admin", "keys", "query", "proxy", "metrics"})
 BYOK_HEADER = "x-aigw-token"
 
 
@@ -48,8 +45,7 @@ def split_gateway_path(path: str) -> tuple[str, str, str] | None:
 
 def is_gateway_request(flow: http.HTTPFlow) -> bool:
     """Origin-form requests to the listener itself (not proxied ones: tunnels, absolute-form)."""
-    return (flow.request.first_line_format == "relative" and not context.is_tunnel(flow.client_conn)
-            and not context.is_absolute_form(flow.request))
+    return flow.request.first_line_format == "relative" and PROXIED not in flow.metadata
 
 
 class Router:
@@ -85,7 +81,7 @@ class Router:
                 f"must include {PREFIXES[0]}<instance> (instances here: {self.instance_names()})", "not_found_error"))
             return
         name, rest, query = parts
-        if name in RESERVED:
+        if name in RESERVED_NAMES:
             return  # the admin API's
         self.route_gateway(flow, name, rest, query)
 
@@ -120,7 +116,7 @@ class Router:
                           if self.settings.allow_byok else ""))
             flow.response = json_response(401, error_body(instance.type, api, why, "authentication_error"))
             return
-        byok = byok_token is not None or instance.type == "copilot"
+        byok = byok_token is not None or provider.client_credential_only
         # The gateway key (sent twice, or on Copilot in place of the GitHub token) is never the client's own.
         own = presented if byok and not self.keys.is_gateway_credential(presented, token) else None
         credential = Credential(byok=byok, explicit=byok_token is not None, client_credential=own)
@@ -201,39 +197,10 @@ def is_websocket_upgrade(headers: http.Headers) -> bool:
 
 def classify_route(provider: Provider, method: str, api_path: str, headers: http.Headers) -> Route | None:
     """The route of a request on an instance; None: not supported."""
-    if (method == "GET" and api_path == "/responses" and provider.type in ("openai", "copilot")
-            and is_websocket_upgrade(headers)):
+    if method == "GET" and api_path == "/responses" and provider.websocket_responses and is_websocket_upgrade(headers):
         return WEBSOCKET_RESPONSES
     return provider.route(method, api_path)
 
 
-def upstream_url(instance: Instance, api_path: str, query: str) -> str:
-    return instance.base_url + api_path + query
-
-
-def inject_credential(flow: http.HTTPFlow, ctx: FlowContext) -> int | None:
-    """Point the request at the instance and put the right credential on it.
-
-    Returns a Retry-After (seconds) when every provider key is cooling down.
-    """
-    flow.request.url = upstream_url(ctx.instance, ctx.api_path, ctx.query)
-    if ctx.byok or not ctx.instance.keys:
-        return None
-    pool = pool_for(ctx.instance.name, ctx.instance.keys)
-    key = pool.pick()
-    if key is None:
-        return pool.retry_after()
-    ctx.provider_key = key
-    headers = flow.request.headers
-    if ctx.route.api is Api.MESSAGES or ctx.instance.type == "anthropic":
-        headers.pop("authorization", None)
-        headers["x-api-key"] = key
-    else:
-        headers.pop("x-api-key", None)
-        headers["authorization"] = f"Bearer {key}"
-    return None
-
-
-__all__ = ["WEBSOCKET_RESPONSES", "Credential", "Router", "admission_error", "admit", "bearer",
-           "classify_route", "inject_credential", "is_gateway_request", "split_gateway_path",
-           "upstream_url"]
+__all__ = ["WEBSOCKET_RESPONSES", "Credential", "Router", "admission_error", "admit", "classify_route",
+           "is_gateway_request", "split_gateway_path"]

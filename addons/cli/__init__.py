@@ -18,7 +18,7 @@ from typing import Any
 from addons.app import runtime
 from addons.cli import data, governance, keys, query, serve, setup
 from addons.cli.common import fail
-from addons.settings import config
+from addons.settings import loader
 from addons.settings.config import Settings
 from addons.settings.values import ConfigError
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     args.argv = argv
     try:
-        settings = config.load(args)
+        settings = loader.load(args)
     except ConfigError as e:
         fail(f"configuration error: {e}")
     if args.func not in (serve.cmd_serve, setup.cmd_config_check):  # the gateway logs them; config check lists them

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from addons.app import runtime
-from addons.settings import config
+from addons.settings import sources
 from addons.settings.config import Settings
 from addons.settings.home import HOME_HINT
 
@@ -26,7 +26,7 @@ def fail(message: str, code: int = 1) -> None:
 def command(group: Any, name: str, func: Callable[..., int | None], **parser_kw: Any) -> argparse.ArgumentParser:
     """A subcommand taking the configuration options and running `func(args, settings)`."""
     p = group.add_parser(name, **parser_kw)
-    config.add_arguments(p)
+    sources.add_arguments(p)
     p.set_defaults(func=func)
     return p
 

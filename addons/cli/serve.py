@@ -10,8 +10,9 @@ from typing import Any
 
 from addons.app import runtime
 from addons.cli.common import command, fail
-from addons.settings.config import PROPAGATE_WITHOUT_OTEL, Settings
+from addons.settings.config import Settings
 from addons.settings.home import HOME_HINT
+from addons.settings.loader import PROPAGATE_WITHOUT_OTEL
 
 
 def register(sub: Any) -> None:

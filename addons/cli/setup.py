@@ -10,12 +10,9 @@ from typing import Any
 
 from addons.app import runtime
 from addons.cli.common import command, dump_json, fail, missing_state
-from addons.settings.config import (
-    DEFAULT_BEDROCK_MODEL,
-    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
-    PROPAGATE_WITHOUT_OTEL,
-    Settings,
-)
+from addons.settings.config import Settings
+from addons.settings.instances import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL
+from addons.settings.loader import PROPAGATE_WITHOUT_OTEL
 
 
 def register(sub: Any) -> None:

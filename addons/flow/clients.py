@@ -188,12 +188,3 @@ def _claude_code_metadata_session(body: Mapping[str, Any] | None) -> str | None:
         return _clean(value) if isinstance(value, str) else None
     _, sep, tail = user_id.partition("_session_")
     return _clean(tail) if sep else None
-
-
-def mask_secret(secret: str | None) -> str | None:
-    """A hint that identifies a credential without revealing it (<= 15 chars)."""
-    if not secret:
-        return None
-    if len(secret) < 16:
-        return "…" + secret[-2:]
-    return secret[:4] + "…" + secret[-4:]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from addons.chain.auth import Identity
     from addons.providers.base import Api, Provider, Route
-    from addons.settings.config import Instance
+    from addons.settings.instances import Instance
     from addons.wire.model import RequestInfo, ResponseSummary
 
 
@@ -53,7 +53,7 @@ class FlowContext:
     client_credential: str | None = None  # the BYOK credential (never stored; only its hint)
     mode: Literal["gateway", "proxy"] = "gateway"  # reached by base URL, or through HTTPS_PROXY
     interception: Interception | None = None
-    # The instance key injected (addons.chain.routing.inject_credential): the key pool cools it on 401/429;
+    # The instance key injected (addons.upstreams.direct.DirectUpstream): the key pool cools it on 401/429;
     # dropped when governance refuses the request, which then never goes upstream.
     provider_key: str | None = None
     # Why the gateway ended the upstream exchange itself (e.g. "upstream timeout after 300s"): the
@@ -94,31 +94,10 @@ class FlowStates:
         return self._upstreams.get(flow)
 
 
-# Client connections that opened a CONNECT tunnel.
-_tunnels: weakref.WeakSet[object] = weakref.WeakSet()
-
-
-def mark_tunnel(client_conn: object) -> None:
-    _tunnels.add(client_conn)
-
-
-def is_tunnel(client_conn: object) -> bool:
-    return client_conn in _tunnels
-
-
-# Requests a client sent in absolute form (`GET http://host/path`, i.e. proxied plain
-# HTTP). mitmproxy rewrites them to origin form before any hook runs, so
-# addons.chain.proxy records them here as they are parsed (see proxy.install_absolute_form_marker).
-_absolute_form: weakref.WeakSet[object] = weakref.WeakSet()
-
-
-def mark_absolute_form(request: object) -> None:
-    _absolute_form.add(request)
-
-
-def unmark_absolute_form(request: object) -> None:
-    _absolute_form.discard(request)
-
-
-def is_absolute_form(request: object) -> bool:
-    return request in _absolute_form
+# flow.metadata key: how a request that is not for the gateway's own routes reached the listener, marked
+# by addons.app.http_layer as mitmproxy parses it (a string: mitmweb copies and saves metadata).
+PROXIED = "aigw_proxied"
+TUNNELLED = "tunnel"  # inside a CONNECT tunnel
+# A plain-HTTP proxy request (`GET http://host/p`): mitmproxy rewrites it to origin form before any hook
+# runs, after which only this mark tells it from a gateway request.
+ABSOLUTE_FORM = "absolute-form"

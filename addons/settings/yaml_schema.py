@@ -2,8 +2,9 @@
 
 Imported only when a YAML file is actually read: pydantic, PyYAML and building
 these models cost ~0.1 s, which every short CLI command would otherwise pay.
-The ``aibridge:`` section has one key per option of ``config._OPTIONS`` (plus
-``providers``), so an option is declared once, in ``addons/settings/config.py``.
+The ``aibridge:`` section has one key per option of ``options.OPTIONS`` (plus
+``providers``, whose keys are ``instances.PROVIDER_FIELDS`` and ``BEDROCK_FIELDS``),
+so each setting is declared once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
 
-from addons.settings.config import _OPTIONS
+from addons.settings.instances import BEDROCK_FIELDS, PROVIDER_FIELDS
+from addons.settings.options import OPTIONS
 from addons.settings.values import ConfigError
 
 
@@ -39,29 +41,20 @@ class _YamlModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _YamlBedrock(_YamlModel):
-    region: _Scalar = None
-    base_url: _Scalar = None
-    model: _Scalar = None
-    small_fast_model: _Scalar = None
-    access_key: _Scalar = None
-    access_key_secret: _Scalar = None
+_YamlBedrock = create_model("_YamlBedrock", __base__=_YamlModel, **{f: (_Scalar, None) for f in BEDROCK_FIELDS})
 
-
-class _YamlProvider(_YamlModel):
-    type: _Scalar = None
-    name: _Scalar = None
-    key: _Scalar = None
-    keys: _ScalarOrList = None
-    base_url: _Scalar = None
-    dump_dir: _Scalar = None
-    bedrock: _YamlBedrock | None = None
+_YamlProvider = create_model(
+    "_YamlProvider",
+    __base__=_YamlModel,
+    **{f: ((_ScalarOrList if f == "keys" else _Scalar), None) for f in PROVIDER_FIELDS},
+    bedrock=(_YamlBedrock | None, None),
+)
 
 
 _YamlSection = create_model(
     "_YamlSection",
     __base__=_YamlModel,
-    **{o.key: ((_ScalarOrList if o.is_list else _Scalar), None) for o in _OPTIONS},
+    **{o.key: ((_ScalarOrList if o.is_list else _Scalar), None) for o in OPTIONS},
     providers=(list[_YamlProvider] | None, None),
 )
 

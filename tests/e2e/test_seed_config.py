@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from addons.settings.config import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL
+from addons.settings.instances import DEFAULT_BEDROCK_MODEL, DEFAULT_BEDROCK_SMALL_FAST_MODEL
 from tests.gateway_process import REPO, Gateway, aigw, clean_env
 
 SEED = REPO.parent / "shared" / "fixtures" / "seed-config"

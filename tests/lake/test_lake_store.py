@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.settings import config
+from addons.settings import loader
 from addons.settings.config import LakeSettings
 from addons.settings.values import ConfigError
 from addons.store import keys as keystore
@@ -27,17 +27,17 @@ def test_settings_name_a_lake_with_its_data_path() -> None:
     env = {"CODER_AIBRIDGE_DB": "ducklake:postgres:dbname=aigw host=/run/pg password=hunter2",
            "CODER_AIBRIDGE_DATA_PATH": "s3://b/p/", "CODER_AIBRIDGE_S3_ENDPOINT": "http://minio:9000",
            "CODER_AIBRIDGE_HOME": "/tmp/aigw-home"}
-    s = config.load(None, env)
+    s = loader.load(None, env)
     assert s.lake == LakeSettings(env["CODER_AIBRIDGE_DB"], "s3://b/p/", "http://minio:9000")
     assert s.db == Path("/tmp/aigw-home/data/aibridge.duckdb")  # local state (spool, runtime) stays in the home
     assert "hunter2" not in repr(s) and "hunter2" not in lake.describe(s.lake)
     with pytest.raises(ConfigError, match="CODER_AIBRIDGE_DATA_PATH"):
-        config.load(None, {"CODER_AIBRIDGE_DB": "ducklake:postgres:dbname=aigw"})
+        loader.load(None, {"CODER_AIBRIDGE_DB": "ducklake:postgres:dbname=aigw"})
     with pytest.raises(ConfigError, match="PostgreSQL"):
-        config.load(None, {"CODER_AIBRIDGE_DB": "ducklake:sqlite:x.db", "CODER_AIBRIDGE_DATA_PATH": "/d"})
+        loader.load(None, {"CODER_AIBRIDGE_DB": "ducklake:sqlite:x.db", "CODER_AIBRIDGE_DATA_PATH": "/d"})
     with pytest.raises(ConfigError, match="only for a DuckLake"):
-        config.load(None, {"CODER_AIBRIDGE_DATA_PATH": "/d"})
-    assert config.load(None, {}).lake is None
+        loader.load(None, {"CODER_AIBRIDGE_DATA_PATH": "/d"})
+    assert loader.load(None, {}).lake is None
 
 
 def test_attach_errors_never_show_the_password(postgres: Postgres, tmp_path: Path,

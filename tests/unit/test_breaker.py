@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addons.chain.breaker import Breaker, BreakerSettings, State
-from addons.settings import config
+from addons.settings import loader
 from addons.settings.values import ConfigError
 
 
@@ -184,11 +184,11 @@ def test_rules_hold_for_any_sequence(ops: list[tuple[str, float]], threshold: in
 
 
 def test_settings_from_the_environment() -> None:
-    assert config.load(None, {}).circuit_breaker is None  # off by default
-    defaults = config.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true"})
+    assert loader.load(None, {}).circuit_breaker is None  # off by default
+    defaults = loader.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true"})
     assert defaults.circuit_breaker == BreakerSettings(5, 10.0, 30.0, 3)
     assert (defaults.upstream_connect_timeout, defaults.upstream_idle_timeout) == (10.0, 300.0)
-    tuned = config.load(None, {
+    tuned = loader.load(None, {
         "CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "1", "CODER_AIBRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "2",
         "CODER_AIBRIDGE_CIRCUIT_BREAKER_INTERVAL": "0", "CODER_AIBRIDGE_CIRCUIT_BREAKER_TIMEOUT": "1m",
         "CODER_AIBRIDGE_CIRCUIT_BREAKER_MAX_REQUESTS": "1", "CODER_AIBRIDGE_UPSTREAM_IDLE_TIMEOUT": "0",
@@ -198,7 +198,7 @@ def test_settings_from_the_environment() -> None:
     for name, value in (("CIRCUIT_BREAKER_TIMEOUT", "0"), ("CIRCUIT_BREAKER_MAX_REQUESTS", "0"),
                         ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "x"), ("UPSTREAM_IDLE_TIMEOUT", "soon")):
         try:
-            config.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true", f"CODER_AIBRIDGE_{name}": value})
+            loader.load(None, {"CODER_AIBRIDGE_CIRCUIT_BREAKER_ENABLED": "true", f"CODER_AIBRIDGE_{name}": value})
         except ConfigError as e:
             assert str(e).startswith(f"CODER_AIBRIDGE_{name}: ")
         else:

@@ -16,7 +16,7 @@ from addons.chain.breaker import BreakerSettings, State
 from addons.chain.circuit import MAX_MODELS, OTHER_MODEL, CircuitBreakers
 from addons.flow.state import FlowContext, FlowStates, Interception
 from addons.providers.anthropic import ANTHROPIC
-from addons.settings.config import Instance
+from addons.settings.instances import Instance
 from addons.upstreams.base import client_left
 from addons.wire.model import RequestInfo
 

@@ -9,7 +9,7 @@ import pytest
 
 from addons import cli
 from addons.cli import common, data, query
-from addons.settings import config
+from addons.settings import config, loader, sources
 from addons.settings.durations import parse_duration
 from addons.settings.values import ConfigError
 
@@ -36,7 +36,7 @@ def test_json_output_is_readable_and_rounds_only_costs() -> None:
 
 
 def test_unknown_variables_name_the_closest_known_one() -> None:
-    warnings = config.unknown_variables({
+    warnings = sources.unknown_variables({
         "CODER_AIBRIDGE_ANTROPIC_KEY": "x", "CODER_AIBRIDGE_LISTEN": "127.0.0.1:1", "CODER_AIBRIDGE_ZZZ": "1",
         "CODER_AIBRIDGE_PROVIDER_0_TYPE": "openai", "CODER_AIBRIDGE_HOME": "/x", "HOME": "/root",
     })
@@ -44,7 +44,7 @@ def test_unknown_variables_name_the_closest_known_one() -> None:
         "CODER_AIBRIDGE_ANTROPIC_KEY: unknown variable, ignored (did you mean CODER_AIBRIDGE_ANTHROPIC_KEY?)",
         "CODER_AIBRIDGE_ZZZ: unknown variable, ignored (see aigw serve --help for the known names)",
     )
-    assert config.load(None, {"CODER_AIBRIDGE_RETENTON": "1d"}).unknown_variables == (
+    assert loader.load(None, {"CODER_AIBRIDGE_RETENTON": "1d"}).unknown_variables == (
         "CODER_AIBRIDGE_RETENTON: unknown variable, ignored (did you mean CODER_AIBRIDGE_RETENTION?)",)
 
 
@@ -57,7 +57,7 @@ def test_duration_errors_say_what_zero_means_only_when_it_means_something() -> N
         parse_duration("soon", "aigw_shutdown_grace")
     assert str(excinfo.value) == "aigw_shutdown_grace: invalid duration 'soon' (use e.g. 90d, 720h, 30m, 45s or 1h30m)"
     with pytest.raises(ConfigError, match="0 keeps forever"):
-        config.load(None, {"CODER_AIBRIDGE_RETENTION": "forever"})
+        loader.load(None, {"CODER_AIBRIDGE_RETENTION": "forever"})
 
 
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,12 +91,12 @@ def test_bash_completion(tmp_path: Path, words: list[str], expected: list[str]) 
 
 def test_prices_hint_names_the_file_to_edit(tmp_path: Path) -> None:
     row = {"provider": "openai", "model": "acme-9"}
-    default = data.price_hint(config.load(None, {}), row)
+    default = data.price_hint(loader.load(None, {}), row)
     assert default == (
         "To price a model, add an entry such as `- {provider: openai, model: acme-9, input: 3.00, output: 15.00}` "
         f"(USD per 1M tokens) to config/prices.yaml (in a checkout; it is {config.DEFAULT_PRICES_FILE}), or to your "
         "own copy named by --aibridge-prices-file FILE or CODER_AIBRIDGE_PRICES_FILE, then restart the gateway.")
     own = tmp_path / "p.yaml"
     own.write_text("overrides: []\n")
-    settings = config.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(own)})
+    settings = loader.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(own)})
     assert f" to {own}, then restart" in data.price_hint(settings, row)

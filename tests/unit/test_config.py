@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from addons.settings import config
-from addons.settings.config import load
+from addons.settings import config, instances, masking, options, sources, yaml_schema
 from addons.settings.durations import parse_duration
+from addons.settings.loader import load
 from addons.settings.values import ConfigError
 
 SECRET = "sk-test-SECRETVALUE-0123456789abcdefghij"
@@ -26,7 +26,7 @@ P = "CODER_AIBRIDGE_PROVIDER_"
 
 def flags(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    sources.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -262,7 +262,7 @@ def test_legacy_bedrock_attaches_to_anthropic() -> None:
     s = load(None, env)
     assert names(s) == ["anthropic"]
     bedrock = s.instance("anthropic").bedrock
-    assert bedrock == config.BedrockSettings("eu-west-1", None, "m", "s", None, None)
+    assert bedrock == instances.BedrockSettings("eu-west-1", None, "m", "s", None, None)
     assert bedrock.endpoint == "https://bedrock-runtime.eu-west-1.amazonaws.com"
 
 
@@ -437,11 +437,11 @@ def test_example_yaml_loads_and_documents_every_key() -> None:
     s = load(flags("--config", str(EXAMPLE_YAML)), {})
     assert s.instances and s.config_file == EXAMPLE_YAML
     text = EXAMPLE_YAML.read_text()
-    models = (config._YamlSection, config._YamlProvider, config._YamlBedrock)
+    models = (yaml_schema._YamlSection, yaml_schema._YamlProvider, yaml_schema._YamlBedrock)
     for model in models:
         for key in model.model_fields:
             assert f"{key}:" in text, key
-    for opt in config._OPTIONS:
+    for opt in options.OPTIONS:
         assert opt.env in text or opt.env.removeprefix("CODER_AIBRIDGE_BEDROCK_") in text, opt.env
     assert "REPLACES" in text
 
@@ -490,7 +490,7 @@ def test_invalid_name(name: str) -> None:
     assert message.startswith(f"{P}0_NAME: invalid provider name")
 
 
-@pytest.mark.parametrize("name", sorted(config.RESERVED_NAMES))
+@pytest.mark.parametrize("name", sorted(instances.RESERVED_NAMES))
 def test_reserved_name(name: str) -> None:
     message = error(None, {f"{P}0_TYPE": "openai", f"{P}0_NAME": name})
     assert message.startswith(f"{P}0_NAME: provider name '{name}' is reserved")
@@ -793,7 +793,7 @@ def test_masked_never_contains_a_secret() -> None:
     ("secret", "hint"), [("", "…(0 chars)"), ("abcdefg", "a…(7 chars)"), ("a" * 16, "aaaa…(16 chars)")]
 )
 def test_mask_secret(secret: str, hint: str) -> None:
-    assert config.mask_secret(secret) == hint
+    assert masking.mask_secret(secret) == hint
 
 
 def test_settings_are_frozen() -> None:

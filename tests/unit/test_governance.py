@@ -18,7 +18,7 @@ from addons.chain.limits import GovernanceSettings, Limits
 from addons.flow.records import InterceptionEnd, InterceptionStart, Record, TokenUsageRecord
 from addons.flow.state import FlowContext, FlowStates, Interception
 from addons.providers.anthropic import ANTHROPIC
-from addons.settings.config import Instance
+from addons.settings.instances import Instance
 from addons.store.governance import EVERYONE, GroupPolicy, Policy, UserPolicy
 from addons.wire.model import RequestInfo
 

@@ -14,7 +14,8 @@ from mitmproxy.test import tflow, tutils
 from addons.app.engine import HookTable, use_hook_table
 from addons.chain.guard import DefaultDeny, Guard, allow_upstream, header_problem, path_problem, request_line_problem
 from addons.flow.state import FlowContext, FlowStates
-from addons.settings.config import Settings, load
+from addons.settings.config import Settings
+from addons.settings.loader import load
 from addons.settings.values import ConfigError
 
 
@@ -282,8 +283,8 @@ class BrokenParser:
 
 def test_stream_taps_never_raise() -> None:
     """The taps run inside mitmproxy's core, outside any hook: the guard cannot catch them, so they must not raise."""
-    from addons.chain.intercept import StreamTap
     from addons.sinks.dumps import _Tee
+    from addons.upstreams.direct import StreamTap
 
     tap = StreamTap(BrokenParser(), hide_usage=True)
     chunk = b'event: message_start\ndata: {"type":"message_start"}\n\n'

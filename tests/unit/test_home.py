@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.settings import config, home
+from addons.settings import config, home, loader
 from addons.settings.values import ConfigError
 
 
@@ -46,17 +46,17 @@ def test_paths_inside_the_home(tmp_path: Path) -> None:
 
 
 def test_settings_database_follows_the_home_unless_set(tmp_path: Path) -> None:
-    s = config.load(None, {"CODER_AIBRIDGE_HOME": str(tmp_path)})
+    s = loader.load(None, {"CODER_AIBRIDGE_HOME": str(tmp_path)})
     assert s.home.path == tmp_path and s.db == tmp_path / "data" / "aibridge.duckdb" and s.db_origin is None
-    s = config.load(None, {"CODER_AIBRIDGE_HOME": str(tmp_path), "CODER_AIBRIDGE_DB": "/srv/x.duckdb"})
+    s = loader.load(None, {"CODER_AIBRIDGE_HOME": str(tmp_path), "CODER_AIBRIDGE_DB": "/srv/x.duckdb"})
     assert s.home.path == tmp_path and s.db == Path("/srv/x.duckdb") and s.db_origin == "CODER_AIBRIDGE_DB"
 
 
 def test_prices_file_must_exist(tmp_path: Path) -> None:
-    assert config.load(None, {}).prices_file == config.DEFAULT_PRICES_FILE
+    assert loader.load(None, {}).prices_file == config.DEFAULT_PRICES_FILE
     assert config.DEFAULT_PRICES_FILE.is_file() and config.DEFAULT_PRICES_FILE.parent.name == "addons"
     with pytest.raises(ConfigError) as excinfo:
-        config.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(tmp_path / "nope.yaml")})
+        loader.load(None, {"CODER_AIBRIDGE_PRICES_FILE": str(tmp_path / "nope.yaml")})
     assert str(excinfo.value) == f"CODER_AIBRIDGE_PRICES_FILE: no such file {str(tmp_path / 'nope.yaml')!r}"
 
 

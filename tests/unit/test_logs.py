@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from addons.flow.records import InterceptionEnd, InterceptionStart, PromptRecord, TokenUsageRecord, ToolUsageRecord
-from addons.settings.config import Instance, Settings
+from addons.settings.config import Settings
+from addons.settings.instances import Instance
 from addons.sinks.logs import (
     INTERCEPTION_LOGGER,
     HumanFormatter,

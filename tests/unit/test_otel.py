@@ -1,4 +1,4 @@
-"""OpenTelemetry export (addons/sinks/otel.py): records -> spans and GenAI metrics, trace context, drop counting."""
+"""OpenTelemetry export (addons/sinks/otel/): records -> spans and GenAI metrics, trace context, drop counting."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from addons.chain.intercept import StreamTap
 from addons.flow.records import (
     InterceptionEnd,
     InterceptionStart,
@@ -33,13 +32,18 @@ from addons.flow.records import (
 )
 from addons.flow.state import FlowStates, Interception
 from addons.providers.base import Api
-from addons.settings import config
-from addons.settings.config import BedrockSettings, Instance, Settings
-from addons.sinks import metrics, otel
+from addons.settings import loader
+from addons.settings.config import Settings
+from addons.settings.instances import BedrockSettings, Instance
+from addons.sinks import metrics
 from addons.sinks.metrics import Metrics
-from addons.sinks.otel import CountingBatchSpanProcessor, OtelSink, Pipeline, build_pipeline, parse_traceparent
+from addons.sinks.otel.pipeline import CountingBatchSpanProcessor, HandOff, OtelSetupError, Pipeline, build_pipeline
+from addons.sinks.otel.sink import CAPTURE_CONTENT, OtelSink
+from addons.sinks.otel.spans import provider_name, server_of
+from addons.sinks.otel.trace_context import parse_traceparent, span_id_of
 from addons.upstreams.bedrock_invoke import EventStreamToSSE
 from addons.upstreams.bedrock_native import RelayTap
+from addons.upstreams.direct import StreamTap
 from addons.wire import anthropic, chat, converse, responses
 from addons.wire.model import RequestInfo
 from tests.fakes import upstream as fake
@@ -59,7 +63,7 @@ class Harness:
         self.reader = InMemoryMetricReader()
         self.pipeline = Pipeline(Resource.create({"service.name": "aigw"}), CountingBatchSpanProcessor(self.exporter),
                                  MeterProvider(metric_readers=[self.reader]))
-        env = {otel.CAPTURE_CONTENT: "true"} if content else {}
+        env = {CAPTURE_CONTENT: "true"} if content else {}
         self.sink = OtelSink(SETTINGS, FlowStates(), self.pipeline, price, environ=env)
 
     def flush(self) -> None:
@@ -183,7 +187,7 @@ def test_inbound_traceparent_makes_the_span_a_child_and_unsampled_callers_get_no
     assert span.context is not None and span.parent is not None
     assert span.context.trace_id == int(parent_trace, 16)
     assert span.parent.span_id == int(parent_span, 16) and span.parent.is_remote
-    assert span.context.span_id == otel.span_id_of(iid)
+    assert span.context.span_id == span_id_of(iid)
     assert span.context.trace_state.to_header() == "vendor=x"
     assert h.points("gen_ai.client.operation.duration")[0].count == 2  # metrics count both
 
@@ -310,7 +314,7 @@ def test_a_full_export_queue_drops_and_counts_instead_of_waiting() -> None:
 
 
 def test_a_full_hand_off_queue_drops_and_counts_instead_of_waiting() -> None:
-    hand_off = otel.HandOff(size=2)
+    hand_off = HandOff(size=2)
     release = threading.Event()
     started = threading.Event()
 
@@ -338,7 +342,7 @@ def test_pipeline_from_the_standard_variables() -> None:
     assert pipeline.resource.attributes["service.name"] == "aigw"
     for env in ({"OTEL_TRACES_EXPORTER": "zipkin"}, {"OTEL_METRICS_EXPORTER": "prometheus"},
                 {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}):
-        with pytest.raises(otel.OtelSetupError, match=next(iter(env))):
+        with pytest.raises(OtelSetupError, match=next(iter(env))):
             build_pipeline(env)
 
 
@@ -346,7 +350,7 @@ def test_malformed_otlp_headers_stop_start_naming_the_variable_never_the_value(
         caplog: pytest.LogCaptureFixture) -> None:
     for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
                  "OTEL_EXPORTER_OTLP_METRICS_HEADERS"):
-        with pytest.raises(otel.OtelSetupError) as e:
+        with pytest.raises(OtelSetupError) as e:
             build_pipeline({name: "x-tenant=acme, authorization: Bearer s3cr3t-collector-token"})
         assert str(e.value) == (f"{name} is not a comma-separated list of name=value pairs "
                                 "(e.g. authorization=Bearer%20TOKEN); its value is not shown")
@@ -436,12 +440,12 @@ def test_every_stream_tap_stamps_the_first_chunk_once() -> None:
 def test_provider_names_follow_the_conventions() -> None:
     bedrock = BedrockSettings(region="us-east-1", base_url=None, model="m", small_fast_model="s")
     on_bedrock = Instance("anthropic", "claude-aws", (), "https://api.anthropic.com", None, bedrock, "indexed")
-    assert otel.provider_name("anthropic", on_bedrock) == "aws.bedrock"
-    assert otel.server_of(on_bedrock) == ("bedrock-runtime.us-east-1.amazonaws.com", 443)
-    assert otel.provider_name("bedrock", None) == "aws.bedrock"  # Bedrock-native clients through the proxy
-    assert otel.provider_name("copilot", None) == "github_copilot"
-    assert otel.provider_name("openai", None) == "openai"
-    assert otel.server_of(None) is None
+    assert provider_name("anthropic", on_bedrock) == "aws.bedrock"
+    assert server_of(on_bedrock) == ("bedrock-runtime.us-east-1.amazonaws.com", 443)
+    assert provider_name("bedrock", None) == "aws.bedrock"  # Bedrock-native clients through the proxy
+    assert provider_name("copilot", None) == "github_copilot"
+    assert provider_name("openai", None) == "openai"
+    assert server_of(None) is None
 
 
 @pytest.mark.parametrize(("environ", "enabled"), [
@@ -454,7 +458,7 @@ def test_provider_names_follow_the_conventions() -> None:
     ({"OTEL_SERVICE_NAME": "gw"}, False),  # naming the service exports nothing by itself
 ])
 def test_export_is_switched_by_the_standard_variables_or_the_flag(environ: dict[str, str], enabled: bool) -> None:
-    settings = config.load(None, environ)
+    settings = loader.load(None, environ)
     assert settings.otel is enabled
     assert settings.otel_propagate_upstream is False
-    assert config.load(None, {**environ, "CODER_AIBRIDGE_OTEL_PROPAGATE_UPSTREAM": "true"}).otel_propagate_upstream
+    assert loader.load(None, {**environ, "CODER_AIBRIDGE_OTEL_PROPAGATE_UPSTREAM": "true"}).otel_propagate_upstream

@@ -24,9 +24,8 @@ from addons.chain.proxy_policy import (
     proxy_password,
 )
 from addons.chain.routing import WEBSOCKET_RESPONSES
-from addons.flow import state as context
 from addons.flow.state import FlowStates
-from addons.settings import config
+from addons.settings import loader
 from addons.settings.config import Settings
 from addons.store.keys import KeyInfo, hash_key
 
@@ -35,7 +34,7 @@ LOCAL = "https://127.0.0.1:9443"
 
 
 def settings(**env: str) -> Settings:
-    return config.load(None, env)
+    return loader.load(None, env)
 
 
 def instances(*specs: tuple[str, str, str]) -> dict[str, str]:
@@ -313,11 +312,11 @@ async def test_connect_authentication_and_destination_policy() -> None:
     flow = await connect_flow(auth, ("api.anthropic.com", 443), None)
     assert flow.response is not None and flow.response.status_code == 407
     assert flow.response.headers["proxy-authenticate"] == 'Basic realm="aigw"'
-    assert not context.is_tunnel(flow.client_conn)
+    assert flow.client_conn not in state.tunnels
 
     flow = await connect_flow(auth, ("api.anthropic.com", 443), good)
     assert flow.response is None and state.tunnels[flow.client_conn].decrypted
-    assert context.is_tunnel(flow.client_conn)
+    assert flow.client_conn in state.tunnels
 
     for target, status in ((("10.0.0.1", 443), 403), (("api.anthropic.com", 8443), 403),
                            (("8.8.8.8", 443), None)):

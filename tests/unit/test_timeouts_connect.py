@@ -14,7 +14,7 @@ from addons.chain.auth import Identity
 from addons.chain.timeouts import UpstreamTimeouts
 from addons.flow.state import FlowContext, FlowStates, Interception
 from addons.providers.anthropic import ANTHROPIC
-from addons.settings.config import Instance
+from addons.settings.instances import Instance
 from addons.wire.model import RequestInfo
 
 
