@@ -39,9 +39,9 @@ from urllib.parse import urlsplit
 
 from addons.settings.config import Settings
 from addons.settings.instances import Instance
+from addons.settings.values import IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PORTS = (80, 443)
 
