@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from addons.pricing import Pricer
+from addons.pricing.pricer import Pricer
 from addons.store.schema import DDL
 from addons.store.views import create_views
 

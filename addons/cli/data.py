@@ -80,7 +80,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prices_missing(args: argparse.Namespace, settings: Settings) -> int:
-    from addons.pricing import missing_prices
+    from addons.pricing.queries import missing_prices
 
     rows = read_store(settings, lambda gw: runtime.call(gw, "GET", "/api/v2/aibridge/admin/prices/missing")["missing"],
                       missing_prices)

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from addons.flow.records import InterceptionStart, Record
-from addons.pricing import Pricer, usage_price
+from addons.pricing.pricer import Pricer, usage_price
 from addons.settings.config import Settings
 from addons.store import db, lake
 from addons.store.spool import Spool, spool_dir

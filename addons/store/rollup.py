@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import duckdb
 
-from addons.store.views import SESSION_ID, utc_day
+from addons.store.views import SESSION_ID, total_tokens, utc_day
 
 __all__ = ["ROLLUP_TABLES", "invalidate", "refresh", "usage_window"]
 
@@ -78,8 +78,7 @@ _USAGE = f"""
                sum(t.cache_write_input_tokens)::BIGINT AS cache_write_tokens,
                sum(t.cost_usd) FILTER (WHERE b.id IS NULL) AS cost_usd,
                count(*) - count(t.cost_usd) AS unpriced_responses,
-               sum(t.input_tokens + t.output_tokens + t.cache_read_input_tokens + t.cache_write_input_tokens)
-                   FILTER (WHERE b.id IS NOT NULL) AS unpriced_tokens
+               sum({total_tokens('t', stored=True)}) FILTER (WHERE b.id IS NOT NULL) AS unpriced_tokens
         FROM aibridge_token_usages t JOIN sel s ON s.id = t.interception_id
         LEFT JOIN bad b ON b.id = t.interception_id
         GROUP BY ALL
@@ -96,8 +95,7 @@ _USAGE = f"""
            COALESCE(t.output_tokens, 0) AS output_tokens,
            COALESCE(t.cache_read_tokens, 0) AS cache_read_tokens,
            COALESCE(t.cache_write_tokens, 0) AS cache_write_tokens,
-           COALESCE(t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_write_tokens, 0)::BIGINT
-               AS total_tokens,
+           COALESCE({total_tokens('t')}, 0)::BIGINT AS total_tokens,
            t.cost_usd,
            COALESCE(t.unpriced_responses, 0) AS unpriced_responses,
            r.unpriced_requests,

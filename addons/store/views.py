@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import duckdb
 
 __all__ = [
-    "SESSION_ID", "VIEWS", "VIEW_NAMES", "create_views", "interception_facts_sql", "session_summary_sql", "utc_day",
+    "SESSION_ID", "VIEWS", "VIEW_NAMES", "create_views", "interception_facts_sql", "session_summary_sql",
+    "total_tokens", "utc_day",
 ]
 
 # A session is the client's session id, else the thread's root, else the interception itself.
@@ -46,20 +47,52 @@ _REASONING = (
 )
 
 
-def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: bool = False) -> str:
-    """One row per interception of `source` with user name, session id, sums and first prompt.
+def total_tokens(alias: str, *, stored: bool = False) -> str:
+    """Total tokens of a row: input + output + cache read + cache write (input excludes the cache
+    tokens, DESIGN §6). `alias`: the row's table alias; `stored`: aibridge_token_usages' own column
+    names (`cache_read_input_tokens`), else the sums' (`cache_read_tokens`)."""
+    cache = "input_tokens" if stored else "tokens"
+    return (f"{alias}.input_tokens + {alias}.output_tokens + {alias}.cache_read_{cache} "
+            f"+ {alias}.cache_write_{cache}")
 
-    `source` is a table/CTE with the columns of aibridge_interceptions. With
-    `restrict`, child tables are pre-filtered to the source's ids (cheap pages).
+
+# Per interception: its token rows, tool calls, thoughts and first prompt ({only}: see `interception_facts_sql`).
+_CHILD_SUMS = f"""
+    LEFT JOIN (
+        SELECT interception_id,
+               count(*) AS responses,
+               sum(input_tokens)::BIGINT AS input_tokens,
+               sum(output_tokens)::BIGINT AS output_tokens,
+               sum(cache_read_input_tokens)::BIGINT AS cache_read_tokens,
+               sum(cache_write_input_tokens)::BIGINT AS cache_write_tokens,
+               sum({_REASONING})::BIGINT AS reasoning_tokens,
+               -- NULL unless every response of the interception is priced
+               CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS cost_usd,
+               count(*) - count(cost_usd) AS unpriced_responses
+        FROM aibridge_token_usages {{only_tokens}}
+        GROUP BY interception_id
+    ) t ON t.interception_id = i.id
+    LEFT JOIN (
+        SELECT interception_id,
+               count(*) AS tool_calls,
+               count(invocation_error) AS tool_errors,
+               list(DISTINCT tool ORDER BY tool) AS tool_names
+        FROM aibridge_tool_usages {{only_tools}}
+        GROUP BY interception_id
+    ) tu ON tu.interception_id = i.id
+    LEFT JOIN (
+        SELECT interception_id, count(*) AS thought_count
+        FROM aibridge_model_thoughts {{only_thoughts}}
+        GROUP BY interception_id
+    ) th ON th.interception_id = i.id
+    LEFT JOIN (
+        SELECT interception_id, arg_min(prompt, created_at) AS prompt
+        FROM aibridge_user_prompts {{only_prompts}}
+        GROUP BY interception_id
+    ) p ON p.interception_id = i.id
     """
-    def only(table: str) -> str:
-        # Row ids first, on the id column alone; then only those rows' wide columns (prompts, JSON).
-        if not restrict:
-            return ""
-        return f"WHERE rowid IN (SELECT rowid FROM {table} WHERE interception_id IN (SELECT id FROM {source}))"
 
-    return f"""
-    SELECT
+_FACT_COLUMNS = f"""
         i.id, i.initiator_id, u.name AS user_name, i.api_key_id,
         i.provider, i.provider_name, i.model, i.client,
         i.client_session_id, i.thread_parent_id, i.thread_root_id,
@@ -74,50 +107,35 @@ def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: 
         COALESCE(t.cache_read_tokens, 0) AS cache_read_tokens,
         COALESCE(t.cache_write_tokens, 0) AS cache_write_tokens,
         COALESCE(t.reasoning_tokens, 0) AS reasoning_tokens,
-        COALESCE(t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_write_tokens, 0)
-            AS total_tokens,
+        COALESCE({total_tokens("t")}, 0) AS total_tokens,
         t.cost_usd,
         COALESCE(t.unpriced_responses, 0) AS unpriced_responses,
         COALESCE(tu.tool_calls, 0) AS tool_calls,
         COALESCE(tu.tool_errors, 0) AS tool_errors,
         COALESCE(tu.tool_names, []::VARCHAR[]) AS tool_names,
         COALESCE(th.thought_count, 0) AS thought_count,
-        p.prompt
-    FROM {source} i
-    LEFT JOIN users u ON u.id = i.initiator_id
-    LEFT JOIN (
-        SELECT interception_id,
-               count(*) AS responses,
-               sum(input_tokens)::BIGINT AS input_tokens,
-               sum(output_tokens)::BIGINT AS output_tokens,
-               sum(cache_read_input_tokens)::BIGINT AS cache_read_tokens,
-               sum(cache_write_input_tokens)::BIGINT AS cache_write_tokens,
-               sum({_REASONING})::BIGINT AS reasoning_tokens,
-               -- NULL unless every response of the interception is priced
-               CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS cost_usd,
-               count(*) - count(cost_usd) AS unpriced_responses
-        FROM aibridge_token_usages {only("aibridge_token_usages")}
-        GROUP BY interception_id
-    ) t ON t.interception_id = i.id
-    LEFT JOIN (
-        SELECT interception_id,
-               count(*) AS tool_calls,
-               count(invocation_error) AS tool_errors,
-               list(DISTINCT tool ORDER BY tool) AS tool_names
-        FROM aibridge_tool_usages {only("aibridge_tool_usages")}
-        GROUP BY interception_id
-    ) tu ON tu.interception_id = i.id
-    LEFT JOIN (
-        SELECT interception_id, count(*) AS thought_count
-        FROM aibridge_model_thoughts {only("aibridge_model_thoughts")}
-        GROUP BY interception_id
-    ) th ON th.interception_id = i.id
-    LEFT JOIN (
-        SELECT interception_id, arg_min(prompt, created_at) AS prompt
-        FROM aibridge_user_prompts {only("aibridge_user_prompts")}
-        GROUP BY interception_id
-    ) p ON p.interception_id = i.id
+        p.prompt"""
+
+
+def interception_facts_sql(source: str = "aibridge_interceptions", *, restrict: bool = False) -> str:
+    """One row per interception of `source` with user name, session id, sums and first prompt.
+
+    `source` is a table/CTE with the columns of aibridge_interceptions. With
+    `restrict`, child tables are pre-filtered to the source's ids (cheap pages).
     """
+    def only(table: str) -> str:
+        # Row ids first, on the id column alone; then only those rows' wide columns (prompts, JSON).
+        if not restrict:
+            return ""
+        return f"WHERE rowid IN (SELECT rowid FROM {table} WHERE interception_id IN (SELECT id FROM {source}))"
+
+    children = _CHILD_SUMS.format(
+        only_tokens=only("aibridge_token_usages"), only_tools=only("aibridge_tool_usages"),
+        only_thoughts=only("aibridge_model_thoughts"), only_prompts=only("aibridge_user_prompts"))
+    return f"""
+    SELECT{_FACT_COLUMNS}
+    FROM {source} i
+    LEFT JOIN users u ON u.id = i.initiator_id{children}"""
 
 
 def session_summary_sql(facts: str = "aibridge_interceptions_v") -> str:

@@ -414,7 +414,7 @@ def test_a_wheel_install_ships_the_default_prices(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60)
     assert f"prices: {site / 'addons' / 'prices.yaml'}" in check.stdout.splitlines(), check.stderr
     rates = subprocess.run(
-        [venv / "bin" / "python", "-c", "import addons, sys; from addons.pricing import Pricer; "
+        [venv / "bin" / "python", "-c", "import addons, sys; from addons.pricing.pricer import Pricer; "
          "assert addons.__file__.startswith(sys.argv[1]), addons.__file__; "
          "print(Pricer().rates('openai', 'acme-coder-7').source)", str(site)],
         env=env, cwd=run_dir, capture_output=True, text=True, timeout=60)

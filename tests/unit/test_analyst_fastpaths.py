@@ -24,10 +24,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from addons.pricing import Pricer, reprice
+from addons.pricing.pricer import Pricer
+from addons.pricing.queries import reprice
 from addons.reports import audit
 from addons.reports import html as report
 from addons.reports.filters import Filters, conditions
+from addons.reports.report_data import ReportData
 from addons.store import rollup
 from addons.store.views import interception_facts_sql, session_summary_sql
 from tests.seed import seed
@@ -125,7 +127,7 @@ def reference_report(conn: duckdb.DuckDBPyConnection, since: datetime, now: date
         COALESCE(sum(tool_errors), 0)::BIGINT AS tool_errors,
         count(DISTINCT initiator_id) AS users,
         count(DISTINCT session_id) AS sessions"""
-    data = report._Data(
+    data = ReportData(
         since=since,
         now=now,
         totals=rows(f"SELECT {sums} FROM f")[0],

@@ -9,8 +9,10 @@ import duckdb
 import pytest
 from genai_prices import Usage, calc_price
 
-from addons import pricing as prices_mod
-from addons.pricing import DEFAULT_OVERRIDES_PATH, PriceOverride, Pricer, load_overrides, missing_prices, reprice
+from addons.pricing import pricer as prices_mod
+from addons.pricing.overrides import DEFAULT_OVERRIDES_PATH, PriceOverride, load_overrides
+from addons.pricing.pricer import Pricer
+from addons.pricing.queries import missing_prices, reprice
 from tests.seed import UNKNOWN_MODEL, seed
 
 # Published list prices in genai-prices 0.2.3, USD per million tokens:
