@@ -63,8 +63,9 @@ class KeyHeader(StrEnum):
         headers[self.value] = key if self is KeyHeader.X_API_KEY else f"Bearer {key}"
 
 
-# Rewrites an intercepted request body (as read: `RequestInfo`) in place; True when the response will
-# carry something the client did not ask for, which the stream tap then hides (`Interception.hide_usage`).
+# Rewrites an intercepted request body (as read: `RequestInfo`) in place, returning whether it did: the
+# response then carries something the client did not ask for, which the stream tap hides
+# (`Interception.hide_usage`).
 type Rewrite = Callable[[dict[str, Any], RequestInfo], bool]
 
 

@@ -5,12 +5,12 @@ by the router, interception records, the body size limit). What differs per
 upstream — where the request goes, how it is authenticated, how the response
 body reaches the client — is an `Upstream` strategy chosen per flow:
 
-- the provider's own API (`intercept.DirectUpstream`): point the request at
+- the provider's own API (`direct.DirectUpstream`): point the request at
   the base URL, inject the provider key, tap SSE as it passes;
-- Amazon Bedrock for Anthropic clients (`bedrock.BedrockUpstream`): rewrite
+- Amazon Bedrock for Anthropic clients (`bedrock_invoke.BedrockUpstream`): rewrite
   to InvokeModel, SigV4 sign, convert the binary event stream to Anthropic
   SSE, translate AWS errors;
-- Bedrock-native clients through the proxy (`bedrock.NativeBedrockUpstream`):
+- Bedrock-native clients through the proxy (`bedrock_native.NativeBedrockUpstream`):
   relay byte-for-byte while decoding, re-sign when the gateway holds the key.
 
 Strategies never touch the store; they put what should be recorded on the

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from addons.flow.state import FlowStates
+from addons.settings.instances import Instance
 
 RATE_LIMITED_COOLDOWN = 60.0
 UNAUTHORIZED_COOLDOWN = 600.0
@@ -54,21 +55,25 @@ def _seconds(value: str | None, default: float) -> float:
         return default
 
 
-_pools: dict[str, KeyPool] = {}
+class KeyPools:
+    """The key pool of each instance, for as long as the process runs (one per gateway process)."""
 
+    def __init__(self) -> None:
+        self.pools: dict[str, KeyPool] = {}
 
-def pool_for(instance_name: str, keys: tuple[str, ...]) -> KeyPool:
-    pool = _pools.get(instance_name)
-    if pool is None or pool.keys != keys:
-        pool = _pools[instance_name] = KeyPool(keys)
-    return pool
+    def pool(self, instance: Instance) -> KeyPool:
+        pool = self.pools.get(instance.name)
+        if pool is None or pool.keys != instance.keys:  # the instance's keys were reconfigured
+            pool = self.pools[instance.name] = KeyPool(instance.keys)
+        return pool
 
 
 class KeyFailover:
     """Addon: feeds upstream 401/429 answers back into the instance's key pool."""
 
-    def __init__(self, flows: FlowStates) -> None:
+    def __init__(self, flows: FlowStates, pools: KeyPools) -> None:
         self.flows = flows
+        self.pools = pools
 
     def response(self, flow: http.HTTPFlow) -> None:
         ctx = self.flows.get(flow)
@@ -76,5 +81,5 @@ class KeyFailover:
         if ctx is None or key is None or flow.response is None:
             return
         if flow.response.status_code in (401, 429) and len(ctx.instance.keys) > 1:
-            pool_for(ctx.instance.name, ctx.instance.keys).report(
+            self.pools.pool(ctx.instance).report(
                 key, flow.response.status_code, flow.response.headers.get("retry-after"))

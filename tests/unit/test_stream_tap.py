@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from addons.chain.intercept import StreamTap
+from addons.upstreams.direct import StreamTap
 from addons.wire import anthropic, chat, responses
 from addons.wire.model import ResponseSummary
 from addons.wire.sse import lone_block
