@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from addons.store.rollup import usage_window
+from addons.store.views import token_sums
 
 if TYPE_CHECKING:  # for type hints only: whoever opens the connection has loaded DuckDB
     import duckdb
@@ -39,16 +40,10 @@ class ReportData:
 
 
 # The sums of a group of _usage rows (usage_window's table).
-_SUMS = """COALESCE(sum(requests), 0)::BIGINT AS requests,
+_SUMS = f"""COALESCE(sum(requests), 0)::BIGINT AS requests,
         COALESCE(sum(failed), 0)::BIGINT AS failed,
         COALESCE(sum(cancelled), 0)::BIGINT AS cancelled,
-        COALESCE(sum(input_tokens), 0)::BIGINT AS input_tokens,
-        COALESCE(sum(output_tokens), 0)::BIGINT AS output_tokens,
-        COALESCE(sum(cache_read_tokens), 0)::BIGINT AS cache_read_tokens,
-        COALESCE(sum(cache_write_tokens), 0)::BIGINT AS cache_write_tokens,
-        COALESCE(sum(total_tokens), 0)::BIGINT AS total_tokens,
-        sum(cost_usd) AS cost_usd,  -- NULL (shown as "–") when nothing in the group is priced
-        COALESCE(sum(unpriced_responses), 0)::BIGINT AS unpriced_responses,
+        {token_sums(reasoning=False, empty_zero=True)},
         COALESCE(sum(tool_calls), 0)::BIGINT AS tool_calls,
         COALESCE(sum(tool_errors), 0)::BIGINT AS tool_errors,
         count(DISTINCT initiator_id) AS users"""

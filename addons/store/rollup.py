@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import duckdb
 
-from addons.store.views import SESSION_ID, total_tokens, utc_day
+from addons.store.views import SESSION_ID, stored_token_sums, total_tokens, utc_day
 
 __all__ = ["ROLLUP_TABLES", "invalidate", "refresh", "usage_window"]
 
@@ -72,10 +72,7 @@ _USAGE = f"""
     ),
     tok AS (
         SELECT s.day, s.initiator_id, s.provider, s.provider_name, s.model, s.client,
-               sum(t.input_tokens)::BIGINT AS input_tokens,
-               sum(t.output_tokens)::BIGINT AS output_tokens,
-               sum(t.cache_read_input_tokens)::BIGINT AS cache_read_tokens,
-               sum(t.cache_write_input_tokens)::BIGINT AS cache_write_tokens,
+               {stored_token_sums('t.')},
                sum(t.cost_usd) FILTER (WHERE b.id IS NULL) AS cost_usd,
                count(*) - count(t.cost_usd) AS unpriced_responses,
                sum({total_tokens('t', stored=True)}) FILTER (WHERE b.id IS NOT NULL) AS unpriced_tokens

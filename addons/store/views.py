@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SESSION_ID", "VIEWS", "VIEW_NAMES", "create_views", "interception_facts_sql", "session_summary_sql",
-    "total_tokens", "utc_day",
+    "stored_token_sums", "token_sums", "total_tokens", "utc_day",
 ]
 
 # A session is the client's session id, else the thread's root, else the interception itself.
@@ -56,15 +56,32 @@ def total_tokens(alias: str, *, stored: bool = False) -> str:
             f"+ {alias}.cache_write_{cache}")
 
 
+def stored_token_sums(alias: str = "") -> str:
+    """Sums of aibridge_token_usages rows (`alias`: its table alias and a dot), named as in the facts."""
+    return ",\n".join(f"sum({alias}{column})::BIGINT AS {name}" for column, name in (
+        ("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+        ("cache_read_input_tokens", "cache_read_tokens"), ("cache_write_input_tokens", "cache_write_tokens")))
+
+
+def token_sums(*, reasoning: bool = True, empty_zero: bool = False) -> str:
+    """Sums of a group of interception facts (or rollup rows): tokens, cost and unpriced responses,
+    in the views' column order. `empty_zero`: 0 rather than NULL over no rows; the cost stays NULL
+    when nothing in the group is priced."""
+    names = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+             *(["reasoning_tokens"] if reasoning else []), "total_tokens"]
+
+    def bigint(name: str) -> str:
+        return f"{f'COALESCE(sum({name}), 0)' if empty_zero else f'sum({name})'}::BIGINT AS {name}"
+
+    return ",\n".join([*map(bigint, names), "sum(cost_usd) AS cost_usd", bigint("unpriced_responses")])
+
+
 # Per interception: its token rows, tool calls, thoughts and first prompt ({only}: see `interception_facts_sql`).
 _CHILD_SUMS = f"""
     LEFT JOIN (
         SELECT interception_id,
                count(*) AS responses,
-               sum(input_tokens)::BIGINT AS input_tokens,
-               sum(output_tokens)::BIGINT AS output_tokens,
-               sum(cache_read_input_tokens)::BIGINT AS cache_read_tokens,
-               sum(cache_write_input_tokens)::BIGINT AS cache_write_tokens,
+               {stored_token_sums()},
                sum({_REASONING})::BIGINT AS reasoning_tokens,
                -- NULL unless every response of the interception is priced
                CASE WHEN count(cost_usd) = count(*) THEN sum(cost_usd) END AS cost_usd,
@@ -157,14 +174,7 @@ def session_summary_sql(facts: str = "aibridge_interceptions_v") -> str:
         count(*) AS interceptions,
         count(*) FILTER (WHERE status = 'failed') AS failed,
         count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-        sum(input_tokens)::BIGINT AS input_tokens,
-        sum(output_tokens)::BIGINT AS output_tokens,
-        sum(cache_read_tokens)::BIGINT AS cache_read_tokens,
-        sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
-        sum(reasoning_tokens)::BIGINT AS reasoning_tokens,
-        sum(total_tokens)::BIGINT AS total_tokens,
-        sum(cost_usd) AS cost_usd,
-        sum(unpriced_responses)::BIGINT AS unpriced_responses,
+        {token_sums()},
         sum(tool_calls)::BIGINT AS tool_calls,
         sum(tool_errors)::BIGINT AS tool_errors,
         list_sort(list_distinct(flatten(list(tool_names)))) AS tools,
@@ -178,21 +188,14 @@ _INTERCEPTIONS_V = f"CREATE OR REPLACE VIEW aibridge_interceptions_v AS {interce
 
 _SESSIONS = f"CREATE OR REPLACE VIEW aibridge_sessions AS {session_summary_sql()}"
 
-_USAGE_DAILY = """
+_USAGE_DAILY = f"""
 CREATE OR REPLACE VIEW aibridge_usage_daily AS
 SELECT
     day, initiator_id, user_name, provider, provider_name, model,
     count(*) AS requests,
     count(*) FILTER (WHERE status = 'failed') AS failed,
     count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-    sum(input_tokens)::BIGINT AS input_tokens,
-    sum(output_tokens)::BIGINT AS output_tokens,
-    sum(cache_read_tokens)::BIGINT AS cache_read_tokens,
-    sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
-    sum(reasoning_tokens)::BIGINT AS reasoning_tokens,
-    sum(total_tokens)::BIGINT AS total_tokens,
-    sum(cost_usd) AS cost_usd,
-    sum(unpriced_responses)::BIGINT AS unpriced_responses
+    {token_sums()}
 FROM aibridge_interceptions_v
 GROUP BY ALL
 """
