@@ -87,28 +87,28 @@ class Committer:
         """The records of `group` the database takes after `accepted` (dry runs); the others are
         dropped, logged and counted. Each record on its own first (cheap); only if the rest still
         fails, each after everything kept (refused only together with others, e.g. a duplicate id)."""
+        kept, exc = self._sift(group, lambda _: [])
+        if exc is not None:
+            return [], exc
+        exc = self._attempt(accepted + kept, dry_run=True)
+        if exc is None or not is_data_error(exc):
+            return kept, exc
+        return self._sift(kept, lambda together: [*accepted, *together])
+
+    def _sift(self, records: list[Record], before: Callable[[list[Record]], list[Record]],
+              ) -> tuple[list[Record], Exception | None]:
+        """Dry-run each record after `before(the records kept so far)`; drop those refused. An error
+        that is not about the data (the database failing) ends it."""
         kept: list[Record] = []
-        for record in group:
-            exc = self._attempt([record], dry_run=True)
+        for record in records:
+            exc = self._attempt([*before(kept), record], dry_run=True)
             if exc is None:
                 kept.append(record)
             elif not is_data_error(exc):
                 return [], exc
             else:
                 self._refused(record, exc)
-        exc = self._attempt(accepted + kept, dry_run=True)
-        if exc is None or not is_data_error(exc):
-            return kept, exc
-        together: list[Record] = []
-        for record in kept:
-            exc = self._attempt([*accepted, *together, record], dry_run=True)
-            if exc is None:
-                together.append(record)
-            elif not is_data_error(exc):
-                return [], exc
-            else:
-                self._refused(record, exc)
-        return together, None
+        return kept, None
 
     def _refused(self, record: Record, exc: Exception) -> None:
         log.error("dropped %s for interception %s (%s)", type(record).__name__,
