@@ -7,22 +7,19 @@ nothing here raises on bad input from the network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from addons.wire.chat import error_text
 from addons.wire.model import (
     RequestInfo,
     ResponseSummary,
-    Thought,
     TokenUsage,
-    ToolCall,
     as_int,
-    compact_json_text,
     loads_object,
     str_or_none,
     typed_text,
 )
+from addons.wire.responses_items import OutputItem
 from addons.wire.sse import SSEEvent
 
 # User-role input texts that clients inject as context rather than the person
@@ -50,7 +47,6 @@ INJECTED_TEXT_PREFIXES: tuple[str, ...] = (
 )
 
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
-_TOOL_ITEM_TYPES = frozenset({"function_call", "custom_tool_call"})
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _START_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
 # Only worth parsing while a commentary message is streaming.
@@ -178,76 +174,6 @@ def usage_from_fields(usage: dict[str, Any], response_id: str | None, copilot_us
     )
 
 
-# --- output items -------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Item:
-    """What is known about one output item, keyed by its output_index."""
-
-    type: str = ""
-    item_id: str | None = None
-    call_id: str = ""
-    name: str = ""
-    input_parts: list[str] = field(default_factory=list)  # tool arguments / custom input deltas
-    final_input: str | None = None
-    phase: str | None = None
-    texts: dict[int, list[str]] = field(default_factory=dict)  # message text by content_index
-    summaries: dict[int, list[str]] = field(default_factory=dict)  # by summary_index
-    reasoning: dict[int, list[str]] = field(default_factory=dict)  # raw reasoning by content_index
-    done: bool = False
-
-    def fill_from(self, item: dict[str, Any]) -> None:
-        """Takes the complete item (output_item.done or a final response's output)."""
-        self.type = str_or_none(item.get("type")) or self.type
-        self.item_id = str_or_none(item.get("id")) or self.item_id
-        self.done = True
-        if self.type in _TOOL_ITEM_TYPES:
-            self.call_id = str_or_none(item.get("call_id")) or self.call_id
-            self.name = str_or_none(item.get("name")) or self.name
-            final = item.get("arguments" if self.type == "function_call" else "input")
-            if isinstance(final, str):
-                self.final_input = final
-        elif self.type == "reasoning":
-            self.summaries = _texts_by_index(item.get("summary"), "summary_text") or self.summaries
-            self.reasoning = _texts_by_index(item.get("content"), "reasoning_text") or self.reasoning
-        elif self.type == "message":
-            self.phase = str_or_none(item.get("phase")) or self.phase
-            self.texts = _texts_by_index(item.get("content"), "output_text") or self.texts
-
-    def tool_call(self, response_id: str | None) -> ToolCall | None:
-        if self.type not in _TOOL_ITEM_TYPES or not (self.call_id or self.name):
-            return None
-        text = self.final_input if self.final_input is not None else "".join(self.input_parts)
-        return ToolCall(
-            provider_response_id=response_id,
-            call_id=self.call_id,
-            name=self.name,
-            input=compact_json_text(text) if self.type == "function_call" else text,
-            item_id=self.item_id if self.item_id != self.call_id else None,
-        )
-
-    def thoughts(self, response_id: str | None) -> list[Thought]:
-        thoughts: list[Thought] = []
-        if self.type == "reasoning":
-            for index in sorted(self.summaries):
-                thoughts.append(Thought("".join(self.summaries[index]), "reasoning_summary", response_id))
-            for index in sorted(self.reasoning):
-                thoughts.append(Thought("".join(self.reasoning[index]), "reasoning", response_id))
-        elif self.type == "message" and self.phase == "commentary":
-            text = "".join("".join(self.texts[index]) for index in sorted(self.texts))
-            thoughts.append(Thought(text, "commentary", response_id))
-        return [thought for thought in thoughts if thought.content]
-
-
-def _texts_by_index(parts: Any, part_type: str) -> dict[int, list[str]]:
-    texts: dict[int, list[str]] = {}
-    for index, part in enumerate(parts if isinstance(parts, list) else ()):
-        if isinstance(part, dict) and part.get("type") == part_type and isinstance(part.get("text"), str):
-            texts[index] = [part["text"]]
-    return texts
-
-
 # --- responses ----------------------------------------------------------------------------------
 
 
@@ -269,7 +195,7 @@ class StreamParser:
         self._model: str | None = None
         self._usage: dict[str, Any] | None = None
         self._copilot_usage: Any = None  # Copilot's own billing object, next to `response`
-        self._items: dict[int, _Item] = {}
+        self._items: dict[int, OutputItem] = {}
         self._open_commentary: set[int] = set()  # output indexes of commentary messages still streaming
         self._error: str | None = None
         self._complete = False
@@ -367,10 +293,10 @@ class StreamParser:
             if isinstance(item, dict) and not self._item(index).done:
                 self._item(index).fill_from(item)
 
-    def _item(self, index: int) -> _Item:
+    def _item(self, index: int) -> OutputItem:
         item = self._items.get(index)
         if item is None:
-            item = self._items[index] = _Item()
+            item = self._items[index] = OutputItem()
         return item
 
     def _on_item_event(self, kind: str | None, message: dict[str, Any]) -> None:
