@@ -1,4 +1,4 @@
-"""The pieces of addons/app/workers.py that need no processes: summed metrics, forwarded admin flows."""
+"""The pieces of addons/app/workers/ that need no processes: summed metrics, forwarded admin flows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from addons.app.workers import SummedMetrics, Supervisor, admin_flow
+from addons.app.workers.admin import admin_flow
+from addons.app.workers.prometheus import SummedMetrics
+from addons.app.workers.supervisor import Supervisor
 from addons.chain.admin import from_this_machine
 from addons.chain.routing import is_gateway_request
 from addons.sinks import metrics
