@@ -15,7 +15,7 @@ from mitmproxy import io as mitm_io
 from mitmproxy import options
 from mitmproxy.test import tflow, tutils
 
-from addons.app.web import AigwWebMaster, is_own_api
+from addons.app.web.master import AigwWebMaster, is_own_api
 
 PROVIDER_KEY = "sk-ant-provider-key-6d1e90aa"
 GATEWAY_KEY = "aigw_0a1b2c3d_" + "G" * 40

@@ -1,4 +1,4 @@
-"""Redaction (addons/sinks/redaction.py) and what `aigw web` serializes for the browser (addons/app/web.py)."""
+"""Redaction (addons/sinks/redaction.py) and what `aigw web` serializes for the browser (addons/app/web/)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from mitmproxy.addons.view import View
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tools.web import app
 
-from addons.app.web import WebUi, _redact_header_text, flow_secrets, redact_flow_json, redacted_copy, scrub_value
+from addons.app.web.redact import flow_secrets, redact_flow_json, redact_header_text, redacted_copy, scrub_value
+from addons.app.web.ui import WebUi
 from addons.flow.state import FlowStates
 from addons.sinks import redaction
 
@@ -87,7 +88,7 @@ def test_exported_copies_and_command_results_are_redacted() -> None:
     assert f.request.headers["x-api-key"] == KEY
 
     curl = f"curl -H 'x-api-key: {KEY}' -H 'authorization: Bearer {BYOK}' -H 'accept: */*' https://h/"
-    out = _redact_header_text(curl)
+    out = redact_header_text(curl)
     assert KEY not in out and BYOK not in out and "accept: */*" in out
     assert "x-api-key: [REDACTED]" in out and "authorization: Bearer [REDACTED]" in out
     assert scrub_value({"value": [KEY, {"k": BYOK}]}, {KEY, BYOK}) == {"value": ["[REDACTED]", {"k": "[REDACTED]"}]}
@@ -126,7 +127,7 @@ async def test_web_master_serializes_only_redacted_flows() -> None:
     import tornado.httputil
     from mitmproxy import options
 
-    from addons.app import web
+    from addons.app.web import master as web
 
     master = web.AigwWebMaster(options.Options(), {KEY})
     sent: list[tuple[str, dict]] = []
