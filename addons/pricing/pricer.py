@@ -10,20 +10,18 @@ an unknown model costs None, never 0, and shows up in `missing_prices`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 
+from addons.pricing import Price
 from addons.pricing.overrides import DEFAULT_OVERRIDES_PATH, PriceOverride, load_overrides
 from addons.pricing.rates import Rate, Rates
-
-if TYPE_CHECKING:
-    from addons.flow.records import TokenUsageRecord
 
 _CACHE_MAX = 4096  # resolved (provider, model, tier) entries kept
 
@@ -144,7 +142,7 @@ class Pricer:
         return None
 
 
-def usage_price(pricer: Pricer) -> Callable[[TokenUsageRecord], float | None]:
+def usage_price(pricer: Pricer) -> Price:
     """The price of a token usage record (the writer's `cost_usd`, governance's spend)."""
     return lambda usage: pricer.cost(
         usage.provider, usage.model, usage.input_tokens, usage.output_tokens,

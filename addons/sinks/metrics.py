@@ -46,6 +46,7 @@ from addons.flow.records import (
     ToolUsageRecord,
 )
 from addons.flow.state import FlowStates
+from addons.pricing import Price
 
 log = logging.getLogger("aigw.metrics")
 
@@ -206,7 +207,7 @@ class Metrics:
     MAX_OPEN = 100_000
 
     def __init__(self, flows: FlowStates, queue_depth: Callable[[], int] | None = None,
-                 price: Callable[[TokenUsageRecord], float | None] | None = None) -> None:
+                 price: Price | None = None) -> None:
         self.flows = flows
         self.open: dict[str, _Open] = {}
         self.price = price

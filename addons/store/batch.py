@@ -11,7 +11,6 @@ cost of a token row from the `price` collaborator (addons/pricing).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -26,12 +25,11 @@ from addons.flow.records import (
     TokenUsageRecord,
     ToolUsageRecord,
 )
+from addons.pricing import Price
 from addons.store import bulk
 from addons.store.threads import THREAD_MAP_SIZE, Bounded, ThreadLinks
 
 log = logging.getLogger("aigw.store")
-
-Price = Callable[[TokenUsageRecord], float | None]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 import duckdb
 
 from addons.flow.records import Record
+from addons.pricing import Price
 from addons.store import spool as spooling
-from addons.store.batch import BatchPlanner, Price
+from addons.store.batch import BatchPlanner
 from addons.store.commit import Committer
 from addons.store.recovery import recover_open_interceptions
 from addons.store.spool import RETRY_MAX, Outage, Spool, needs_reopen
