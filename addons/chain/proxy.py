@@ -425,12 +425,10 @@ class ProxyRouter:
 
 def proxy_addons(settings: Settings, keys: KeyCache, flows: FlowStates) -> list[object]:
     """The proxy's addons, in chain order; they go before the gateway Router."""
-    from addons.chain.websocket import WebSocketRecorder
-
     state = ProxyState.from_settings(settings)
     guard = AddressGuard(settings, state)
     return [ProxyAuth(settings, keys, state, guard, flows), guard, TlsPolicy(state),
-            ProxyRouter(settings, keys, state, flows), WebSocketRecorder(flows)]
+            ProxyRouter(settings, keys, state, flows)]
 
 
 __all__ = ["AddressGuard", "ProxyAuth", "ProxyRouter", "ProxyState", "TlsPolicy", "proxy_addons", "resolve"]

@@ -10,12 +10,12 @@ credential decision (BYOK, 401/403/502) both entry points share.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
-from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http
 
 from addons.chain.auth import Identity, KeyCache, looks_like_provider_key, presented_credential
@@ -49,10 +49,13 @@ def is_gateway_request(flow: http.HTTPFlow) -> bool:
 
 
 class Router:
-    def __init__(self, settings: Settings, keys: KeyCache, flows: FlowStates) -> None:
+    def __init__(self, settings: Settings, keys: KeyCache, flows: FlowStates,
+                 failing: Callable[[], str | None]) -> None:
         self.settings = settings
         self.keys = keys
         self.flows = flows
+        # Why records cannot reach the database right now (the recorder's, or a worker's link), or None.
+        self.failing = failing
         self.ready = False
 
     def running(self) -> None:
@@ -69,8 +72,7 @@ class Router:
         if path == "/readyz" or path.startswith("/readyz?"):
             # Not ready while records cannot reach the database (addons/sinks/recorder.py), so a load
             # balancer can drain this replica; /healthz stays 200 because the process still serves.
-            recorder = mitm_ctx.master.addons.get("recorder")
-            reason = "starting" if not self.ready else recorder.failing() if recorder is not None else None
+            reason = "starting" if not self.ready else self.failing()
             flow.response = json_response(503 if reason else 200, orjson.dumps(
                 {"ready": False, "reason": reason} if reason else {"ready": True}))
             return

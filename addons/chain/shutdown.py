@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 
@@ -26,18 +26,24 @@ from addons.flow.state import FlowStates
 from addons.providers.errors import any_error, json_response
 from addons.settings.durations import option_seconds
 
+if TYPE_CHECKING:
+    from addons.chain.intercept import Interceptor
+    from addons.chain.websocket import WebSocketRecorder
+
 log = logging.getLogger("aigw.shutdown")
 
 DEFAULT_GRACE = 30.0
 CANCEL_REASON = "gateway shut down before the response ended"
 POLL = 0.05  # seconds between checks while draining
-WEBSOCKET_RECORDER = "aigw_websocket_recorder"  # addons/chain/websocket.py's addon name
 
 
 class GracefulShutdown:
-    def __init__(self, interceptor: Any, flows: FlowStates) -> None:
-        self.interceptor = interceptor  # Interceptor: ends interceptions with its own record logic
+    def __init__(self, flows: FlowStates, interceptor: Interceptor, websocket: WebSocketRecorder,
+                 proxyserver: Any) -> None:
         self.flows = flows
+        self.interceptor = interceptor  # ends interceptions with its own record logic
+        self.websocket = websocket  # its responses still streaming are in flight too
+        self.proxyserver = proxyserver  # mitmproxy's: the client connections to close at the end
         self.inflight: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.draining = False
         self.task: asyncio.Task[None] | None = None
@@ -74,12 +80,9 @@ class GracefulShutdown:
 
     # -- websockets (Codex Responses over WebSocket): in flight while a response is pending ----------
 
-    @staticmethod
-    def _websocket_pending() -> dict[http.HTTPFlow, Any]:
-        """flow -> responses still streaming, from the WebSocket recorder if it is in the chain."""
-        recorder = ctx.master.addons.get(WEBSOCKET_RECORDER)
-        pending = getattr(recorder, "open", None)
-        return {f: subs for f, subs in list(pending.items()) if subs} if pending else {}
+    def _websocket_pending(self) -> dict[http.HTTPFlow, Any]:
+        """flow -> responses still streaming over a WebSocket."""
+        return {f: subs for f, subs in list(self.websocket.open.items()) if subs}
 
     def busy(self) -> int:
         return len(self.inflight) + sum(len(subs) for subs in self._websocket_pending().values())
@@ -117,15 +120,13 @@ class GracefulShutdown:
         await self.close_connections()
         ctx.master.shutdown()
 
-    @staticmethod
-    async def close_connections(timeout: float = 2.0) -> None:
+    async def close_connections(self, timeout: float = 2.0) -> None:
         """End the remaining client connections (idle keep-alive, cut streams) before the loop stops.
 
         Ending each connection's handler lets mitmproxy close it normally; connections still open when
         the event loop is torn down would be cancelled mid-flight and logged as errors.
         """
-        proxyserver = ctx.master.addons.get("proxyserver")
-        connections = getattr(proxyserver, "connections", None)
+        connections = getattr(self.proxyserver, "connections", None)
         if not connections:
             return
         for handler in list(connections.values()):
@@ -150,11 +151,10 @@ class GracefulShutdown:
                 continue
             cancelled += self._cancel(interception.id, self.interceptor.finish, flow, flow_ctx, interception,
                                       "cancelled", reason)
-        recorder = ctx.master.addons.get(WEBSOCKET_RECORDER)
         for flow, subs in self._websocket_pending().items():
             while subs:
                 sub = subs.popleft()
-                cancelled += self._cancel(getattr(sub.interception, "id", "?"), recorder.finish, flow, sub,
+                cancelled += self._cancel(getattr(sub.interception, "id", "?"), self.websocket.finish, flow, sub,
                                           ("cancelled", reason))
         if cancelled:
             log.warning("recorded %d interception(s) as cancelled: %s", cancelled, reason)

@@ -39,7 +39,6 @@ from typing import Any
 
 import orjson
 from mitmproxy import connection, http, tls
-from mitmproxy import ctx as mitm_ctx
 from mitmproxy.proxy import events, layer, server_hooks
 from mitmproxy.proxy.layers.http import (
     HttpLayer,
@@ -151,22 +150,21 @@ def find_stream(top: Any, flow: http.HTTPFlow) -> HttpStream | None:
 
 
 class UpstreamTimeouts:
-    def __init__(self, flows: FlowStates, connect: float | None, idle: float | None) -> None:
+    def __init__(self, flows: FlowStates, proxyserver: Any, connect: float | None, idle: float | None) -> None:
         self.flows = flows
+        self.proxyserver = proxyserver  # mitmproxy's: its live connections are what a connect timeout ends
         self.connect = connect
         self.idle = idle
         self.watches: dict[http.HTTPFlow, _Watch] = {}
         # Server connections being opened: deadline, their client, the task opening them.
         self.connecting: dict[connection.Server, tuple[float, connection.Client, asyncio.Task[Any]]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._proxyserver: Any = None
         limits = [t for t in (connect, idle) if t]
         self.period = min([_MAX_PERIOD, *(t / _CHECKS_PER_TIMEOUT for t in limits)])
 
     # -- lifecycle ---------------------------------------------------------------
 
     def running(self) -> None:
-        self._proxyserver = mitm_ctx.master.addons.get("proxyserver")
         if (self.connect or self.idle) and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watchdog(), name="upstream timeouts")
 
@@ -333,7 +331,7 @@ class UpstreamTimeouts:
             await handler.server_event(_Relay(flow, event))
 
     def _handler(self, flow: http.HTTPFlow) -> Any:
-        connections = getattr(self._proxyserver, "connections", None)
+        connections = getattr(self.proxyserver, "connections", None)
         return connections.get(flow.client_conn.id) if connections is not None else None
 
     def _close_server(self, flow: http.HTTPFlow) -> None:

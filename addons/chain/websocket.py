@@ -22,7 +22,6 @@ from collections import deque
 from typing import Any
 
 import orjson
-from mitmproxy import ctx as mitm_ctx
 from mitmproxy import http, websocket
 
 from addons.chain.intercept import Interceptor
@@ -64,20 +63,11 @@ def event_type(content: bytes) -> str | None:
 
 
 class WebSocketRecorder:
-    name = "aigw_websocket_recorder"
-
-    def __init__(self, flows: FlowStates, interceptor: Interceptor | None = None) -> None:
+    def __init__(self, flows: FlowStates, interceptor: Interceptor) -> None:
         self.flows = flows
-        # The Interceptor writes the rows; when not given, it is found in the same chain at start.
-        self.interceptor: Interceptor = interceptor  # type: ignore[assignment]
+        self.interceptor = interceptor  # writes the rows, as for the SSE path
         # flow -> the interceptions still waiting for their terminal event, oldest first.
         self.open: weakref.WeakKeyDictionary[http.HTTPFlow, deque[FlowContext]] = weakref.WeakKeyDictionary()
-
-    def running(self) -> None:
-        if self.interceptor is None:
-            self.interceptor = mitm_ctx.master.addons.get("interceptor")
-            if self.interceptor is None:
-                raise RuntimeError("WebSocketRecorder needs the Interceptor addon in the chain")
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         ctx = self.flows.get(flow)

@@ -304,14 +304,7 @@ class StructuredLog:
 
 
 class Logs:
-    """Addon: log verbosity (mitmproxy's `termlog_verbosity` option) and the structured-log sink."""
-
-    def __init__(self, settings: Settings, sinks: list[Any] | None = None) -> None:
-        self.settings = settings
-        self.sink: StructuredLog | None = None
-        if settings.structured_logging and sinks is not None:
-            self.sink = StructuredLog()
-            sinks.append(self.sink)
+    """Addon: log verbosity (mitmproxy's `termlog_verbosity` option)."""
 
     def load(self, loader: Any) -> None:
         # aigw replaces mitmproxy's termlog, which normally declares this option; keep its name so

@@ -35,7 +35,7 @@ def flow_to(flows: FlowStates, client: connection.Client, instance: str, host: s
 
 async def test_only_flows_waiting_for_the_timed_out_upstream_fail() -> None:
     """One HTTP/2 client connection, streams to two upstreams: the one that hangs fails, the other does not."""
-    timeouts = UpstreamTimeouts(FlowStates(), connect=1.0, idle=None)
+    timeouts = UpstreamTimeouts(FlowStates(), None, connect=1.0, idle=None)
     client = tflow.tclient_conn()
     hung = flow_to(timeouts.flows, client, "slow", "10.0.0.1", 443)
     fine = flow_to(timeouts.flows, client, "fast", "10.0.0.2", 443)
