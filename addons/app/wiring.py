@@ -26,8 +26,9 @@ from addons.chain.routing import Router
 from addons.chain.shutdown import GracefulShutdown
 from addons.chain.timeouts import UpstreamTimeouts
 from addons.chain.websocket import WebSocketRecorder
-from addons.flow.records import Record, TokenUsageRecord
+from addons.flow.records import Record
 from addons.flow.state import FlowStates
+from addons.pricing import Price
 from addons.pricing.pricer import Pricer, usage_price
 from addons.settings.config import Settings
 from addons.sinks.dumps import Dumps
@@ -39,7 +40,6 @@ from addons.store import lake
 from addons.upstreams.keypool import KeyFailover, KeyPools
 from addons.upstreams.strategies import Upstreams
 
-type Price = Callable[[TokenUsageRecord], float | None]
 type Sink = Callable[[Record], None]
 
 
