@@ -1,4 +1,5 @@
-"""Build the master and the addon chain, and run it."""
+"""Run a gateway process: the startup checks, the database, the mitmproxy master and its options, signals;
+the addon chain itself comes from app/wiring.py."""
 
 from __future__ import annotations
 

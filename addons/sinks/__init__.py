@@ -1,0 +1,2 @@
+"""Where records go besides the database, and the recorder that fans them out: structured logs,
+Prometheus metrics, OpenTelemetry, raw dumps (and the redaction they share)."""
