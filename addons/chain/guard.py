@@ -1,6 +1,7 @@
 """Fail closed: no request leaves the gateway unless aigw decided where it goes.
 
-Three layers, each enough on its own to stop a relay:
+Two addons, each enough on its own to stop a relay (request bodies are bounded while they arrive,
+before any hook, by addons/app/http_layer.py):
 
 - `Guard` (first in the chain) refuses what must never be routed: undecodable
   or oversized header sections, control characters in header values, non-ASCII
@@ -11,20 +12,15 @@ Three layers, each enough on its own to stop a relay:
   once with the interception id and ends the interception as failed.
 - `DefaultDeny` (last before the dump) refuses every request for which no aigw
   addon called `allow_upstream` — and every request whose target changed since.
-- `install_request_body_limit` bounds request bodies while they arrive (413),
-  chunked or not, before anything buffers them whole, and answers a request refused
-  at its headers at once, without reading its body.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import time
 import unicodedata
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -35,8 +31,7 @@ from mitmproxy.proxy import server_hooks
 
 from addons.chain.proxy_policy import build_host_map, configured_destinations, is_bedrock_runtime_host, normalise_host
 from addons.chain.routing import split_gateway_path
-from addons.flow import state as context
-from addons.flow.state import FlowStates, Target
+from addons.flow.state import PROXIED, TUNNELLED, FlowStates, Target
 from addons.providers.bedrock import BEDROCK
 from addons.providers.errors import any_error, error_body, json_response
 from addons.providers.registry import PROVIDERS
@@ -241,8 +236,9 @@ class Guard:
             return ctx.instance.type, ctx.route.api
         request = flow.request
         path = request.path
-        tunnelled = context.is_tunnel(flow.client_conn)
-        if tunnelled or context.is_absolute_form(request):
+        proxied = flow.metadata.get(PROXIED)
+        tunnelled = proxied == TUNNELLED
+        if proxied is not None:
             # Inside a tunnel the CONNECT target counts, whatever the Host header says.
             address = flow.server_conn.address
             host = str(address[0]) if tunnelled and address else request.host
@@ -368,7 +364,7 @@ class DefaultDeny:
             self.deny(flow)
         if flow.response is not None:
             # mitmproxy answers `Expect: 100-continue` right after this hook: a refused request gets its
-            # refusal instead (sent at once, see install_request_body_limit), never an invitation to upload.
+            # refusal instead (sent at once, see addons/app/http_layer.py), never an invitation to upload.
             flow.request.headers.pop("expect", None)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -376,98 +372,5 @@ class DefaultDeny:
             self.deny(flow)
 
 
-# -- request body limit --------------------------------------------------------------------
-
-
-def install_request_body_limit() -> None:
-    """Refuse request bodies over `aigw_max_body_size` with 413 while they arrive.
-
-    mitmproxy buffers a request body whole before the `request` hook and checks
-    only its own `body_size_limit`, which would also cut off large responses.
-    This adds a request-only check at the same two points mitmproxy checks: the
-    declared Content-Length before any byte is read, and the buffered size after
-    each chunk (chunked bodies), so at most the limit is ever held in memory.
-    """
-    from mitmproxy.net.http.http1 import expected_http_body_size
-    from mitmproxy.proxy.commands import Command
-    from mitmproxy.proxy.layers.http import (
-        ErrorCode,
-        HttpErrorHook,
-        HttpRequestHeadersHook,
-        HttpRequestHook,
-        HttpResponseHeadersHook,
-        HttpStream,
-        RequestHeaders,
-        ResponseProtocolError,
-        SendHttp,
-    )
-
-    original = HttpStream.check_body_size
-    if getattr(original, "_aigw_request_limit", False):
-        return
-    original_wait = HttpStream.state_wait_for_request_headers
-
-    def answer_before_body(self: HttpStream) -> Generator[Command, Any, None]:
-        # An addon refused the request in `requestheaders` (401, 404, 400, …) while its body is still to
-        # come: mitmproxy would buffer that body whole (up to the limit) before answering. Answer now; what
-        # still arrives is read and dropped (the stream is gone), and HTTP/1 closes the connection after it.
-        response = self.flow.response
-        assert response is not None
-        if not (self.flow.request.is_http2 or self.flow.request.is_http3):
-            response.headers["connection"] = "close"
-        self.client_state = self.state_errored
-        yield HttpRequestHook(self.flow)
-        if (yield from self.check_killed(True)):
-            return
-        response.timestamp_start = time.time()
-        yield HttpResponseHeadersHook(self.flow)
-        if (yield from self.check_killed(True)):
-            return
-        yield from self.send_response()
-        yield from self.flow_done()
-
-    @functools.wraps(original_wait)
-    def state_wait_for_request_headers(self: HttpStream, event: Any) -> Generator[Command, Any, None]:
-        yield from original_wait(self, event)
-        if (isinstance(event, RequestHeaders) and not event.end_stream and self.flow.response is not None
-                and self.client_state == self.state_consume_request_body):
-            yield from answer_before_body(self)
-
-    def refuse_large_request(self: HttpStream) -> Generator[Command, Any, bool]:
-        limit = getattr(self.context.options, "aigw_max_body_size", 0)
-        if not limit:
-            return False
-        if self.request_body_buf:
-            size: int | None = len(self.request_body_buf)
-        else:
-            try:
-                size = expected_http_body_size(self.flow.request, None)
-            except ValueError:
-                size = None  # malformed Content-Length: mitmproxy's reader refuses it
-        if size is None or size <= limit:
-            return False
-        if not self.request_body_buf:
-            yield HttpRequestHeadersHook(self.flow)
-        message = f"request body exceeds the gateway's limit of {limit} bytes"
-        self.flow.error = mflow.Error(message)
-        yield HttpErrorHook(self.flow)
-        yield SendHttp(ResponseProtocolError(self.stream_id, message, ErrorCode.REQUEST_TOO_LARGE),
-                       self.context.client)
-        self.request_body_buf.clear()
-        self.client_state = self.state_errored
-        self.flow.live = False
-        return True
-
-    @functools.wraps(original)
-    def check_body_size(self: HttpStream, request: bool) -> Generator[Command, Any, bool]:
-        if request and (yield from refuse_large_request(self)):
-            return True
-        return (yield from original(self, request))
-
-    check_body_size._aigw_request_limit = True  # type: ignore[attr-defined]
-    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
-    HttpStream.state_wait_for_request_headers = state_wait_for_request_headers  # type: ignore[method-assign]
-
-
-__all__ = ["DefaultDeny", "Guard", "Problem", "allow_upstream", "header_problem", "install_request_body_limit",
-           "path_problem", "request_line_problem", "upstream_allowed"]
+__all__ = ["DefaultDeny", "Guard", "Problem", "allow_upstream", "header_problem", "path_problem",
+           "request_line_problem", "upstream_allowed"]
