@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -17,8 +18,12 @@ type Snapshot = list[tuple[str, str, str, str, list[tuple[str, dict[str, str], f
 
 def snapshot(registry: Any = metrics.REGISTRY) -> Snapshot:
     """The gateway's own metric families (not the process collectors: those are per process)."""
+    return _as_snapshot(f for f in registry.collect() if f.name.startswith(metrics.PREFIX))
+
+
+def _as_snapshot(families: Iterable[Metric]) -> Snapshot:
     return [(f.name, f.type, f.documentation, f.unit, [(s.name, s.labels, s.value) for s in f.samples])
-            for f in registry.collect() if f.name.startswith(metrics.PREFIX)]
+            for f in families]
 
 
 class SummedMetrics:
@@ -46,10 +51,9 @@ class SummedMetrics:
 
     def collect(self) -> Any:
         with self.lock:
-            parts = [list(metrics.REGISTRY.collect()), *self.workers.values(), self.retired]
-        own = [(f.name, f.type, f.documentation, f.unit, [(s.name, s.labels, s.value) for s in f.samples])
-               for f in parts[0]]
-        for name, kind, doc, unit, samples in _merged([own, *parts[1:]]):
+            own = list(metrics.REGISTRY.collect())
+            workers = [*self.workers.values(), self.retired]
+        for name, kind, doc, unit, samples in _merged([_as_snapshot(own), *workers]):
             metric = Metric(name, doc, kind, unit)
             for sample_name, labels, value in samples:
                 metric.add_sample(sample_name, labels, value)
