@@ -8,7 +8,7 @@ gateway CA. Then, in chain order:
   relay), enforces the port policy and, for hosts that are not decrypted, the
   address policy (403 for private/loopback/link-local/reserved targets), and
   remembers the identity for the tunnel.
-- `AddressGuard` re-checks the address actually dialled (`server_connect`) and
+- `AddressGuard` (proxy_address.py) re-checks the address actually dialled (`server_connect`) and
   pins it to the one checked, so DNS rebinding cannot reach a refused address.
 - `TlsPolicy` decides per connection: decrypt the AI hosts, tunnel everything
   else untouched (`ignore_connection`; the client sees the origin's certificate).
@@ -23,36 +23,26 @@ instance base URL (connection_strategy=lazy), which an administrator configured.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
-import weakref
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import connection, exceptions, http, tls
 from mitmproxy import ctx as mitm_ctx
-from mitmproxy.proxy import server_hooks
+from mitmproxy import exceptions, http, tls
 
 from addons.chain.auth import Identity, KeyCache, presented_credential
 from addons.chain.guard import allow_upstream
+from addons.chain.proxy_address import AddressGuard, Refusal
 from addons.chain.proxy_policy import (
     DEFAULT_PORTS,
-    HostMap,
-    IPAddress,
     Match,
     ProxyAuthError,
-    allowed_addresses,
-    blocked_reason,
-    build_host_map,
-    configured_destinations,
     normalise_host,
-    parse_ip,
     parse_ports,
     proxy_password,
 )
+from addons.chain.proxy_state import ProxyAuthResult, ProxyState, Tunnel
 from addons.chain.routing import BYOK_HEADER, Credential, admit, classify_route
 from addons.flow.state import ABSOLUTE_FORM, PROXIED, FlowStates
 from addons.providers.base import Api
@@ -69,43 +59,7 @@ from addons.upstreams.bedrock_native import native_instance
 log = logging.getLogger("aigw.proxy")
 
 REALM = 'Basic realm="aigw"'
-DNS_TIMEOUT = 10.0
 HOP_HEADER = "proxy-authorization"
-
-
-@dataclass(slots=True)
-class Tunnel:
-    """What a CONNECT established for one client connection."""
-
-    host: str
-    secret: str  # the gateway key, re-checked per decrypted request (revocation applies mid-tunnel)
-    decrypted: bool
-
-
-@dataclass(slots=True)
-class ProxyAuthResult:
-    identity: Identity
-    secret: str
-
-
-@dataclass
-class ProxyState:
-    """Shared by the proxy addons; everything is keyed weakly by connection or flow."""
-
-    host_map: HostMap
-    destinations: frozenset[tuple[str, int]]  # admin-configured (host, port): never address-checked
-    tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = field(
-        default_factory=weakref.WeakKeyDictionary)
-    # (host, port) -> the checked IP to dial, per client connection (defeats DNS rebinding).
-    pins: weakref.WeakKeyDictionary[connection.Client, dict[tuple[str, int], str]] = field(
-        default_factory=weakref.WeakKeyDictionary)
-    absolute_auth: weakref.WeakKeyDictionary[http.HTTPFlow, ProxyAuthResult] = field(
-        default_factory=weakref.WeakKeyDictionary)
-    relays: weakref.WeakSet[http.HTTPFlow] = field(default_factory=weakref.WeakSet)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ProxyState:
-        return cls(host_map=build_host_map(settings), destinations=configured_destinations(settings))
 
 
 def proxy_error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> http.Response:
@@ -114,85 +68,6 @@ def proxy_error(status: int, message: str, error_type: str, headers: dict[str, s
 
 def proxy_auth_required(message: str) -> http.Response:
     return proxy_error(407, message, "authentication_error", {"proxy-authenticate": REALM})
-
-
-# -- destinations --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    message: str
-
-
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """All addresses of `host`, resolved off the event loop."""
-    literal = parse_ip(host)
-    if literal is not None:
-        return [literal]
-    loop = asyncio.get_running_loop()
-    infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), DNS_TIMEOUT)
-    out: list[IPAddress] = []
-    for info in infos:
-        ip = parse_ip(str(info[4][0]))
-        if ip is not None and ip not in out:
-            out.append(ip)
-    return out
-
-
-class AddressGuard:
-    """Addon: the address policy, checked when a client names a destination and again at dial time."""
-
-    name = "aigw_address_guard"
-
-    def __init__(self, settings: Settings, state: ProxyState) -> None:
-        self.allowed = settings.proxy_allowed_private_cidrs
-        self.state = state
-
-    async def check(self, client: connection.Client, host: str, port: int) -> Refusal | None:
-        """Resolve `host`, refuse it if nothing it resolves to may be reached, else pin the address to dial."""
-        host = normalise_host(host)
-        try:
-            addresses = await resolve(host, port)
-        except (OSError, UnicodeError) as e:
-            return Refusal(502, f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}")
-        except TimeoutError:
-            return Refusal(502, f"cannot resolve {host}: DNS lookup timed out")
-        ok, refused = allowed_addresses(addresses, self.allowed)
-        if not ok:
-            if not refused:
-                return Refusal(502, f"cannot resolve {host}: no addresses")
-            ip, why = refused[0]
-            shown = host if str(ip) == host else f"{host} ({ip})"
-            return Refusal(403, f"refusing to connect to {shown}: {why} address "
-                           "(allow it with --aibridge-proxy-allowed-private-cidrs)")
-        self.state.pins.setdefault(client, {})[(host, port)] = str(ok[0])
-        return None
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """The last word: whatever is about to be dialled was checked, and is dialled by the checked IP."""
-        server = data.server
-        if not server.address or server.via is not None:
-            return
-        host, port = normalise_host(str(server.address[0])), int(server.address[1])
-        if (host, port) in self.state.destinations:
-            return  # an instance base URL: the administrator's choice, never the client's
-        ip = parse_ip(host)
-        if ip is not None:
-            why = blocked_reason(ip, self.allowed)
-            if why is not None:
-                server.error = f"refusing to connect to {host}: {why} address"
-                log.warning("proxy: %s", server.error)
-            return
-        pinned = self.state.pins.get(data.client, {}).get((host, port))
-        if pinned is None:
-            refusal = await self.check(data.client, host, port)
-            if refusal is not None:
-                server.error = refusal.message
-                log.warning("proxy: %s", refusal.message)
-                return
-            pinned = self.state.pins[data.client][(host, port)]
-        server.address = (pinned, port)
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -431,4 +306,4 @@ def proxy_addons(settings: Settings, keys: KeyCache, flows: FlowStates) -> list[
             ProxyRouter(settings, keys, state, flows)]
 
 
-__all__ = ["AddressGuard", "ProxyAuth", "ProxyRouter", "ProxyState", "TlsPolicy", "proxy_addons", "resolve"]
+__all__ = ["ProxyAuth", "ProxyRouter", "TlsPolicy", "proxy_addons"]

@@ -13,7 +13,8 @@ from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
 from addons.chain.auth import KeyCache
-from addons.chain.proxy import AddressGuard, ProxyAuth, ProxyRouter, ProxyState, TlsPolicy, Tunnel
+from addons.chain.proxy import ProxyAuth, ProxyRouter, TlsPolicy
+from addons.chain.proxy_address import AddressGuard
 from addons.chain.proxy_policy import (
     ProxyAuthError,
     blocked_reason,
@@ -23,6 +24,7 @@ from addons.chain.proxy_policy import (
     parse_ports,
     proxy_password,
 )
+from addons.chain.proxy_state import ProxyState, Tunnel
 from addons.chain.routing import WEBSOCKET_RESPONSES
 from addons.flow.state import FlowStates
 from addons.settings import loader
