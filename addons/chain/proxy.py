@@ -44,7 +44,7 @@ from addons.chain.proxy_policy import (
 )
 from addons.chain.proxy_state import ProxyAuthResult, ProxyState, Tunnel
 from addons.chain.routing import BYOK_HEADER, Credential, admit, classify_route
-from addons.flow.state import ABSOLUTE_FORM, PROXIED, FlowStates
+from addons.flow.state import ABSOLUTE_FORM, PROXIED, TUNNELLED, FlowStates
 from addons.providers.base import Api
 from addons.providers.bedrock import BEDROCK
 from addons.providers.errors import any_error, error_body, json_response
@@ -206,11 +206,13 @@ class ProxyRouter:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        tunnel = self.state.tunnels.get(flow.client_conn)
+        proxied = flow.metadata.get(PROXIED)
+        # Marked by the HTTP layer (addons/app/http_layer.py); the tunnel is the one ProxyAuth admitted.
+        tunnel = self.state.tunnels.get(flow.client_conn) if proxied == TUNNELLED else None
         auth = None
         if tunnel is not None:
             host, secret = tunnel.host, tunnel.secret
-        elif flow.metadata.get(PROXIED) == ABSOLUTE_FORM:
+        elif proxied == ABSOLUTE_FORM:
             auth = self.state.absolute_auth.get(flow)
             if auth is None:
                 return  # refused by ProxyAuth (it set the response)

@@ -26,7 +26,7 @@ from addons.chain.proxy_policy import (
 )
 from addons.chain.proxy_state import ProxyState, Tunnel
 from addons.chain.routing import WEBSOCKET_RESPONSES
-from addons.flow.state import FlowStates
+from addons.flow.state import PROXIED, TUNNELLED, FlowStates
 from addons.settings import loader
 from addons.settings.config import Settings
 from addons.store.keys import KeyInfo, hash_key
@@ -216,6 +216,7 @@ def tunnelled_flow(state: ProxyState, host: str, path: str, method: str = "POST"
     identity = keys.authenticate(SECRET, datetime.now(UTC))
     assert identity is not None
     state.tunnels[flow.client_conn] = Tunnel(host, SECRET, state.host_map.decrypts(host))
+    flow.metadata[PROXIED] = TUNNELLED  # as the HTTP layer marks requests inside a tunnel
     return flow
 
 
