@@ -20,22 +20,26 @@ the whole run is one session: opencode's own session id (`x-session-affinity`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_real_clients import PROMPT, Run, binary, known_ids, new_interceptions, run_cli
-from tests.e2e.test_real_clients_proxy import gateway_ca, key, never_leaks, run_proxied
+from tests.e2e.test_real_clients_proxy import (  # noqa: F401 - the cli_* fixtures: the proxy-mode gateway
+    cli_fake,
+    cli_gateway,
+    cli_pki,
+    gateway_ca,
+    key,
+    never_leaks,
+    run_proxied,
+)
 from tests.fakes.cli_upstream import CliFakeUpstream
-from tests.fakes.tls import Pki
 from tests.fakes.upstream import ANSWER, FakeUpstream, Seen
 from tests.gateway_process import (
     ANTHROPIC_PROVIDER_KEY,
     OPENAI_PROVIDER_KEY,
     Gateway,
-    clean_env,
-    start_proxy_gateway,
 )
 
 pytestmark = pytest.mark.e2e
@@ -114,28 +118,7 @@ def test_opencode_base_url(gateway: Gateway, upstream: FakeUpstream, tmp_path: P
 # -- proxy mode ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def fake(pki: Pki) -> Iterator[CliFakeUpstream]:
-    server = CliFakeUpstream(pki.server_context("127.0.0.1", "localhost"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(fake: CliFakeUpstream, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = clean_env(**{
-        f"{P}0_TYPE": "anthropic", f"{P}0_KEY": ANTHROPIC_PROVIDER_KEY, f"{P}0_BASE_URL": fake.url,
-        f"{P}1_TYPE": "openai", f"{P}1_KEY": OPENAI_PROVIDER_KEY, f"{P}1_BASE_URL": fake.url + "/v1",
-    })
-    gateway = start_proxy_gateway(tmp_path_factory.mktemp("gw-opencode-proxy"), env, pki.ca_path, [fake.port])
-    yield gateway
-    gateway.stop()
+# The proxy-mode gateway, its fake provider hosts and their PKI are the real-client proxy tests' own.
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))

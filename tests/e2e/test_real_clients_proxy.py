@@ -49,13 +49,13 @@ _INHERITED_NAMES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "node_
                     "ssl_cert_dir", "requests_ca_bundle", "node_tls_reject_unauthorized"}
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+@pytest.fixture(scope="module", name="pki")  # also the opencode tests' (test_opencode.py)
+def cli_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def fake(pki: Pki) -> Iterator[CliFakeUpstream]:
+@pytest.fixture(scope="module", name="fake")  # also the opencode tests' (test_opencode.py)
+def cli_fake(pki: Pki) -> Iterator[CliFakeUpstream]:
     server = CliFakeUpstream(pki.server_context("127.0.0.1", "localhost"))
     server.start()
     yield server
@@ -68,8 +68,8 @@ def _fresh_fake(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("fake").reset()
 
 
-@pytest.fixture(scope="module")
-def gw(fake: CliFakeUpstream, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", name="gw")  # also the opencode tests' (test_opencode.py)
+def cli_gateway(fake: CliFakeUpstream, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir: Path = tmp_path_factory.mktemp("gw-cli-proxy")
     env = clean_env(**{
         f"{P}0_TYPE": "anthropic", f"{P}0_KEY": ANTHROPIC_PROVIDER_KEY, f"{P}0_BASE_URL": fake.url,
