@@ -65,14 +65,14 @@ class Settings:
     upstream_connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT  # seconds; None: no limit
     upstream_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # seconds; None: no limit
     circuit_breaker: BreakerSettings | None = None  # None: disabled
-    otel: bool = False  # export traces and metrics over OTLP (addons/sinks/otel.py)
+    otel: bool = False  # export traces and metrics over OTLP (addons/sinks/otel/)
     otel_propagate_upstream: bool = False
     max_body_size: int = DEFAULT_MAX_BODY_SIZE  # request bodies, bytes
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # names + values of all request headers
     analytics_memory_limit: int = DEFAULT_ANALYTICS_MEMORY_LIMIT  # bytes, CLI reads of the database
     analytics_threads: int | None = None  # None: one per CPU
-    workers: int = 1  # gateway processes on the listener (addons/app/workers.py)
+    workers: int = 1  # gateway processes on the listener (addons/app/workers/)
     governance: GovernanceSettings = DEFAULT_GOVERNANCE  # limits and budgets (addons/chain/governance.py)
     config_file: Path | None = None
     home: Home = DEFAULT_HOME  # holds data/ and certs/ (addons/settings/home.py)

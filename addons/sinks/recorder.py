@@ -112,11 +112,7 @@ class Recorder:
         if self.worker is not None and type(record) is InterceptionStart:
             record.metadata["worker"] = self.worker
         self.writer.submit(record)
-        for sink in self.sinks:
-            try:
-                sink(record)
-            except Exception:
-                log.exception("record sink failed")
+        fan_out(self.sinks, record)
 
     def done(self) -> None:
         if self.writer is not None:
@@ -124,3 +120,12 @@ class Recorder:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def fan_out(sinks: list[Callable[[Record], None]], record: Record) -> None:
+    """Each sink gets the record; one that fails is logged and costs the others nothing."""
+    for sink in sinks:
+        try:
+            sink(record)
+        except Exception:
+            log.exception("record sink failed")

@@ -32,6 +32,7 @@ from addons.chain.routing import is_gateway_request, split_gateway_path
 from addons.flow.records import InterceptionStart, Record
 from addons.providers.errors import any_error, json_response
 from addons.settings.instances import RESERVED_NAMES
+from addons.sinks.recorder import fan_out
 from addons.store.spool import encode_record
 
 log = logging.getLogger("aigw.workers")
@@ -137,11 +138,7 @@ class WorkerLink:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
-        for sink in self.sinks:
-            try:
-                sink(record)
-            except Exception:
-                log.exception("record sink failed")
+        fan_out(self.sinks, record)
 
     def flush(self) -> None:
         """One frame with every record since the last one."""

@@ -61,20 +61,21 @@ class OtelSink:
         self.measures = GenAiMetrics(pipeline.meters) if pipeline.meters is not None else None
 
     def __call__(self, record: Record) -> None:
-        kind = type(record)
-        if kind is InterceptionStart:
-            self.started(record)  # type: ignore[arg-type]
-        elif kind is InterceptionEnd:
-            self.ended(record)  # type: ignore[arg-type]
-        elif (o := self.open.get(record.interception_id)) is not None:  # type: ignore[union-attr]
-            if kind is TokenUsageRecord:
-                o.usage = record  # type: ignore[assignment]
-            elif kind is ToolUsageRecord:
-                o.tools.append(record)  # type: ignore[arg-type]
-            elif kind is PromptRecord:
-                o.prompt = record.prompt  # type: ignore[union-attr]
-            elif kind is ThoughtRecord and self.capture_content:
-                o.thoughts.append(record.content)  # type: ignore[union-attr]
+        match record:
+            case InterceptionStart():
+                self.started(record)
+            case InterceptionEnd():
+                self.ended(record)
+            case _ if (o := self.open.get(record.interception_id)) is None:
+                pass  # a record of an interception this sink never saw start
+            case TokenUsageRecord():
+                o.usage = record
+            case ToolUsageRecord():
+                o.tools.append(record)
+            case PromptRecord():
+                o.prompt = record.prompt
+            case ThoughtRecord() if self.capture_content:
+                o.thoughts.append(record.content)
 
     def request(self, flow: http.HTTPFlow) -> None:
         """Addon hook (after the interceptor): the credentials this request carries upstream are scrubbed
