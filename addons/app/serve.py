@@ -4,13 +4,14 @@ the addon chain itself comes from app/wiring.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from addons.flow.state import FlowStates
 from addons.providers.errors import any_error, json_response
 from addons.settings.config import Settings
 from addons.settings.loader import PROPAGATE_WITHOUT_OTEL
-from addons.sinks.logs import LogSetupError, setup_logging
+from addons.sinks.logs import LogOutput, LogSetupError, setup_logging
 from addons.sinks.metrics import REGISTRY, MetricsServer, MetricsServerError, chain_on_batch, start_server
 from addons.sinks.recorder import Recorder
 from addons.sinks.redaction import configured_secrets
@@ -57,28 +58,40 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
     return _http1.http1.assemble_response(json_response(status_code, body, {"connection": "close"}))
 
 
-def prepare_process() -> None:
-    """What every gateway process (the primary and each worker) sets up before mitmproxy starts."""
-    _http1.make_error_response = json_error_response  # see json_error_response
-    # DuckDB re-creates its WAL at every checkpoint with the process umask; keep data owner-only.
-    os.umask(0o077)
-
-
 class StartupError(Exception):
     """Why the gateway cannot start, said in one line on stderr before anything serves."""
 
 
+def says_startup_errors[**P](run: Callable[P, int]) -> Callable[P, int]:
+    """A process entry point that answers a StartupError with its one line on stderr and exit code 1."""
+    @functools.wraps(run)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return run(*args, **kwargs)
+        except StartupError as e:
+            print(f"aigw: {e}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+def start_process(settings: Settings, quiet: bool) -> LogOutput:
+    """What every gateway process (the primary and each worker) sets up before mitmproxy starts."""
+    _http1.make_error_response = json_error_response  # see json_error_response
+    # DuckDB re-creates its WAL at every checkpoint with the process umask; keep data owner-only.
+    os.umask(0o077)
+    try:
+        return setup_logging(settings, "warn" if quiet else "info")
+    except LogSetupError as e:
+        raise StartupError(str(e)) from None
+
+
+@says_startup_errors
 def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = False, quiet: bool = False) -> int:
     if web and settings.workers > 1:
-        print("aigw: aigw web runs one process (its UI shows the flows of the process it runs in); "
-              "use aigw serve --workers for several", file=sys.stderr)
-        return 1
-    prepare_process()
-    try:
-        log_output = setup_logging(settings, "warn" if quiet else "info")
-    except LogSetupError as e:
-        print(f"aigw: {e}", file=sys.stderr)
-        return 1
+        raise StartupError("aigw web runs one process (its UI shows the flows of the process it runs in); "
+                           "use aigw serve --workers for several")
+    log_output = start_process(settings, quiet)
     try:
         if settings.workers > 1:
             tag_logs(log_output.handler, 0)
@@ -87,9 +100,6 @@ def run_gateway(settings: Settings, *, sets: Sequence[str] = (), web: bool = Fal
         if settings.otel_propagate_upstream and not settings.otel:
             log.warning(PROPAGATE_WITHOUT_OTEL)
         return run_primary(settings, sets, web, quiet)
-    except StartupError as e:
-        print(f"aigw: {e}", file=sys.stderr)
-        return 1
     finally:
         log_output.close()
 
@@ -155,23 +165,18 @@ def otel_pipeline(settings: Settings, worker: int | None) -> Any:
         raise StartupError(str(e)) from None
 
 
+@says_startup_errors
 def run_worker(settings: Settings, sets: Sequence[str], worker: int, path: str, quiet: bool) -> int:
     """A worker process of `aigw serve --workers N` (addons/app/workers/): records through the primary."""
-    prepare_process()
-    try:
-        log_output = setup_logging(settings, "warn" if quiet else "info")
-    except LogSetupError as e:
-        print(f"aigw: {e}", file=sys.stderr)
-        return 1
+    log_output = start_process(settings, quiet)
     tag_logs(log_output.handler, worker)
     pipeline = None
     try:
         pipeline = otel_pipeline(settings, worker)
         return asyncio.run(serve_worker(settings, sets, worker, path, quiet, pipeline),
                            loop_factory=loop_factory(settings))
-    except (StartupError, exceptions.OptionsError) as e:
-        print(f"aigw: {e}", file=sys.stderr)
-        return 1
+    except exceptions.OptionsError as e:
+        raise StartupError(str(e)) from None
     finally:
         if pipeline is not None:
             pipeline.shutdown()
