@@ -40,6 +40,7 @@ from addons.chain.limits import (
 from addons.flow.records import InterceptionEnd, InterceptionStart, Record, TokenUsageRecord
 from addons.flow.state import FlowContext, FlowStates, Interception
 from addons.providers.base import Api
+from addons.providers.errors import Refusal
 from addons.sinks import metrics
 from addons.store.governance import Policy, model_refusal
 
@@ -75,15 +76,6 @@ class Admitted:
     interception: Interception
     subjects: tuple[tuple[Subject, Limits], ...]
     at: float  # when it was counted in the request windows
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    reason: str  # the limit_rejections_total label
-    message: str
-    error_type: str
-    headers: dict[str, str]
 
 
 class Governance:
@@ -132,8 +124,8 @@ class Governance:
         if s.max_concurrency and len(self.admitted) >= s.max_concurrency:
             self.sweep()
         if s.max_concurrency and len(self.admitted) >= s.max_concurrency:
-            return Refusal(503, "concurrency", f"the gateway is at its limit of {s.max_concurrency} requests in "
-                           "flight; retry shortly", "overloaded_error", {"retry-after": "1"})
+            return Refusal(503, f"the gateway is at its limit of {s.max_concurrency} requests in "
+                           "flight; retry shortly", "overloaded_error", {"retry-after": "1"}, reason="concurrency")
         if s.rate_limit:
             ip = flow.client_conn.peername[0] if flow.client_conn.peername else ""
             bucket = self.buckets.get(ip)
@@ -142,14 +134,14 @@ class Governance:
                 bucket = self.buckets[ip] = TokenBucket(s.rate_limit, now)
             if not bucket.take(now):
                 wait = bucket.retry_after(now)
-                return Refusal(429, "rate", f"more than {s.rate_limit:g} requests per second from your address",
-                               "rate_limit_error", self._retry(wait))
+                return Refusal(429, f"more than {s.rate_limit:g} requests per second from your address",
+                               "rate_limit_error", self._retry(wait), reason="rate")
         user_id, key_id = ctx.identity.user_id, ctx.identity.key_id
         model = interception.info.model or ""
         refused = model_refusal(self.policy.allowed_models(user_id, key_id), model)
         if refused is not None:
-            return Refusal(403, "model", f"model {model!r} is not allowed for you; allowed: {', '.join(refused)}",
-                           "permission_error", {})
+            return Refusal(403, f"model {model!r} is not allowed for you; allowed: {', '.join(refused)}",
+                           "permission_error", reason="model")
         if (refusal := self.check_budget(ctx, model)) is not None:
             return refusal
         subjects = self.subjects(ctx)
@@ -161,19 +153,19 @@ class Governance:
             who = "your key" if subject[0] == "key" else "you"
             if limits.rpm is not None and usage.requests.used(now) >= limits.rpm:
                 wait = usage.requests.retry_after(now, limits.rpm)
-                return Refusal(429, "rpm", f"{who} reached the limit of {limits.rpm} requests per minute",
-                               "rate_limit_error", self._retry(wait, api, "requests", limits.rpm))
+                return Refusal(429, f"{who} reached the limit of {limits.rpm} requests per minute", "rate_limit_error",
+                               self._retry(wait, api, "requests", limits.rpm), reason="rpm")
             if limits.tpm is not None and (live := usage.live_tokens()) + usage.tokens.used(now) >= limits.tpm:
                 # When the streams in flight alone use the limit up, their tokens count for a minute
                 # once they end: the honest wait is a whole window.
                 wait = usage.tokens.retry_after(now, limits.tpm - live) if live < limits.tpm else WINDOW
-                return Refusal(429, "tpm", f"{who} reached the limit of {limits.tpm} tokens per minute",
-                               "rate_limit_error", self._retry(wait, api, "tokens", limits.tpm))
+                return Refusal(429, f"{who} reached the limit of {limits.tpm} tokens per minute", "rate_limit_error",
+                               self._retry(wait, api, "tokens", limits.tpm), reason="tpm")
             if limits.max_streams is not None and len(usage.live) >= limits.max_streams:
                 self.sweep()
             if limits.max_streams is not None and len(usage.live) >= limits.max_streams:
-                return Refusal(429, "streams", f"{who} already have {len(usage.live)} requests in flight "
-                               f"(limit {limits.max_streams})", "rate_limit_error", self._retry(1.0))
+                return Refusal(429, f"{who} already have {len(usage.live)} requests in flight "
+                               f"(limit {limits.max_streams})", "rate_limit_error", self._retry(1.0), reason="streams")
         self.admit(flow, interception, subjects, now)
         return None
 
@@ -190,11 +182,12 @@ class Governance:
         spent = self.spend.get(ctx.identity.user_id, 0.0)
         reset = self.period_end.isoformat().replace("+00:00", "Z")
         if spent >= budget:
-            return Refusal(403, "budget", f"budget exhausted: spent {spent:.2f} of {budget:.2f} USD this "
-                           f"{self.settings.budget_period}; resets at {reset}", "permission_error", {})
+            return Refusal(403, f"budget exhausted: spent {spent:.2f} of {budget:.2f} USD this "
+                           f"{self.settings.budget_period}; resets at {reset}", "permission_error", reason="budget")
         if self.settings.budget_unpriced == "deny" and not (model and self.priced(ctx.instance.type, model)):
-            return Refusal(403, "budget", f"model {model!r} has no known price and this gateway refuses unpriced "
-                           "models to users with a budget (see `aigw prices missing`)", "permission_error", {})
+            return Refusal(403, f"model {model!r} has no known price and this gateway refuses unpriced "
+                           "models to users with a budget (see `aigw prices missing`)", "permission_error",
+                           reason="budget")
         return None
 
     def subjects(self, ctx: FlowContext) -> tuple[tuple[Subject, Limits], ...]:

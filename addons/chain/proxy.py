@@ -33,7 +33,7 @@ from mitmproxy import exceptions, http, tls
 
 from addons.chain.auth import Identity, KeyCache, presented_credential
 from addons.chain.guard import allow_upstream
-from addons.chain.proxy_address import AddressGuard, Refusal
+from addons.chain.proxy_address import AddressGuard
 from addons.chain.proxy_policy import (
     DEFAULT_PORTS,
     Match,
@@ -47,7 +47,7 @@ from addons.chain.routing import BYOK_HEADER, Credential, admit, classify_route
 from addons.flow.state import ABSOLUTE_FORM, PROXIED, TUNNELLED, FlowStates
 from addons.providers.base import Api
 from addons.providers.bedrock import BEDROCK
-from addons.providers.errors import any_error, error_body, json_response
+from addons.providers.errors import Refusal, any_error, error_body, json_response
 from addons.providers.registry import PROVIDERS
 from addons.settings.config import Settings
 from addons.settings.instances import Instance
@@ -121,13 +121,13 @@ class ProxyAuth:
         refusal: Refusal | None = None
         if port not in self.ports:
             allowed = ", ".join(map(str, sorted(self.ports)))
-            refusal = Refusal(403, f"port {port} is not allowed through this proxy (allowed: {allowed})")
+            refusal = Refusal(403, f"port {port} is not allowed through this proxy (allowed: {allowed})",
+                              "permission_error")
         elif not self.state.host_map.decrypts(host):  # decrypted hosts go to an instance, never dialled by name
             refusal = await self.guard.check(flow.client_conn, host, port)
         if refusal is None:
             return True
-        flow.response = proxy_error(refusal.status, refusal.message,
-                                    "permission_error" if refusal.status == 403 else "api_error")
+        flow.response = proxy_error(refusal.status, refusal.message, refusal.error_type)
         log.info("proxy: refused %s %s:%d: %s", flow.request.method, host, port, refusal.message)
         return False
 

@@ -11,24 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
 
 from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 
 from addons.chain.proxy_policy import IPAddress, allowed_addresses, blocked_reason, normalise_host, parse_ip
 from addons.chain.proxy_state import ProxyState
+from addons.providers.errors import Refusal
 from addons.settings.config import Settings
 
 log = logging.getLogger("aigw.proxy")
 
 DNS_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    message: str
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
@@ -71,7 +65,7 @@ class AddressGuard:
             ip, why = refused[0]
             shown = host if str(ip) == host else f"{host} ({ip})"
             return Refusal(403, f"refusing to connect to {shown}: {why} address "
-                           "(allow it with --aibridge-proxy-allowed-private-cidrs)")
+                           "(allow it with --aibridge-proxy-allowed-private-cidrs)", "permission_error")
         self.state.pins.setdefault(client, {})[(host, port)] = str(ok[0])
         return None
 
@@ -101,4 +95,4 @@ class AddressGuard:
         server.address = (pinned, port)
 
 
-__all__ = ["AddressGuard", "Refusal", "resolve"]
+__all__ = ["AddressGuard", "resolve"]

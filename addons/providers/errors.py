@@ -8,11 +8,25 @@ response that carries them. `error_type` always uses Anthropic's vocabulary;
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import orjson
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
 from addons.providers.base import Api
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the gateway answers itself instead of sending it on: the client gets `message` in its
+    API's error shape (`error_body`), with `status` and `headers` (e.g. Retry-After)."""
+
+    status: int
+    message: str  # never contains a secret
+    error_type: str = "api_error"  # Anthropic's vocabulary (mapped per API by `error_body`)
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str = ""  # what refused it, as a metric label (governance's limit_rejections_total)
 
 
 def anthropic_error(message: str, error_type: str) -> bytes:

@@ -177,7 +177,8 @@ class MetricsServer:
 def start_server(address: str, registry: CollectorRegistry = REGISTRY) -> MetricsServer:
     """Serve /metrics on `address` (host:port). Raises MetricsServerError with a clear message.
 
-    `registry`: what to serve; with several workers, every worker's metrics summed (addons/app/workers/prometheus.py)."""
+    `registry`: what to serve; with several workers, every worker's metrics summed
+    (addons/app/workers/prometheus.py)."""
     host, port = parse_address(address)
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)

@@ -20,8 +20,8 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from mitmproxy import http
 
 from addons.providers.bedrock import region_from_endpoint
+from addons.providers.errors import Refusal
 from addons.settings.instances import BedrockSettings
-from addons.upstreams.base import Refusal
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ interception (`metadata`, `token_metadata`, `parser`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
     from addons.flow.state import FlowContext
+    from addons.providers.errors import Refusal
     from addons.wire.model import RequestInfo, ResponseSummary
 
 
@@ -41,20 +41,6 @@ def client_left(flow: http.HTTPFlow, ctx: FlowContext) -> bool:
     message = flow.error.msg.lower()
     return "client disconnected" in message or (
         message == "stream reset by client (cancel)" and flow.client_conn.alpn == b"h2")
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The upstream cannot take this request; the client gets this error in its API's shape."""
-
-    status: int
-    message: str  # never contains a secret
-    error_type: str  # Anthropic's vocabulary (mapped for OpenAI clients by `error_body`)
-    retry_after: int | None = None  # seconds, sent as Retry-After
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 class Upstream(Protocol):

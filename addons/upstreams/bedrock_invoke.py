@@ -26,11 +26,10 @@ from mitmproxy import http
 
 from addons.flow.state import FlowContext, Interception
 from addons.providers.bedrock import EVENTSTREAM, build_invoke_request, token_count_headers, translate_error
-from addons.providers.errors import anthropic_error, replace_with_json
+from addons.providers.errors import Refusal, anthropic_error, replace_with_json
 from addons.settings.config import DEFAULT_MAX_BODY_SIZE
 from addons.settings.instances import BedrockSettings, Instance
 from addons.upstreams.aws import BedrockCredentials, sign, signing_problem, signing_region
-from addons.upstreams.base import Refusal
 from addons.wire import anthropic
 from addons.wire.encoding import BodyError, decode_body
 from addons.wire.eventstream import BedrockToAnthropicSSE

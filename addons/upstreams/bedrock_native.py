@@ -18,9 +18,9 @@ from mitmproxy import http
 
 from addons.flow.state import FlowContext, Interception
 from addons.providers.bedrock import EVENTSTREAM, parse_model_path, token_count_headers
+from addons.providers.errors import Refusal
 from addons.settings.instances import BedrockSettings, Instance
 from addons.upstreams.aws import BedrockCredentials, sign, signing_problem
-from addons.upstreams.base import Refusal
 from addons.wire import anthropic, converse
 from addons.wire.converse import ConverseStreamParser, InvokeStreamParser
 from addons.wire.model import RequestInfo, ResponseSummary

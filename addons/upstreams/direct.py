@@ -17,7 +17,7 @@ from typing import Any
 from mitmproxy import http
 
 from addons.flow.state import FlowContext, Interception
-from addons.upstreams.base import Refusal
+from addons.providers.errors import Refusal
 from addons.upstreams.keypool import KeyPools
 from addons.wire import chat
 from addons.wire.model import RequestInfo, ResponseSummary
@@ -97,7 +97,8 @@ class DirectUpstream:
             if key is None:
                 retry_after = pool.retry_after()
                 return Refusal(429, f"every provider key of instance {ctx.instance.name!r} is rate limited or "
-                               f"refused; retry in {retry_after}s", "rate_limit_error", retry_after)
+                               f"refused; retry in {retry_after}s", "rate_limit_error",
+                               {"retry-after": str(retry_after)})
             ctx.provider_key = key
             ctx.provider.put_key(flow.request.headers, ctx.route.api, key)
         if body is not None:

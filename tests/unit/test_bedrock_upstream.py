@@ -17,10 +17,10 @@ from addons.flow.state import FlowContext, Interception
 from addons.providers.anthropic import ANTHROPIC
 from addons.providers.base import Api
 from addons.providers.bedrock import BEDROCK, token_count_headers
+from addons.providers.errors import Refusal
 from addons.settings.config import Settings
 from addons.settings.instances import BedrockSettings, Instance
 from addons.upstreams.aws import BedrockCredentials, client_aws_credential
-from addons.upstreams.base import Refusal
 from addons.upstreams.bedrock_invoke import (
     BedrockUpstream,
     EventStreamToSSE,
