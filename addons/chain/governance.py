@@ -286,8 +286,9 @@ class Governance:
         self.release(flow)
 
     def release(self, flow: http.HTTPFlow) -> None:
-        interception_id = flow.metadata.get("aigw_interception_id")
-        admitted = self.admitted.get(interception_id) if interception_id else None
+        ctx = self.flows.get(flow)
+        interception = ctx.interception if ctx is not None else None
+        admitted = self.admitted.get(interception.id) if interception is not None else None
         if admitted is not None:
             self.release_admitted(admitted)
 

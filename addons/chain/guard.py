@@ -273,7 +273,8 @@ class Guard:
         if not isinstance(subject, mflow.Flow):
             log.error("%s failed in %s", addon, hook, exc_info=exc)
             return False
-        interception_id = subject.metadata.get("aigw_interception_id")
+        ctx = self.flows.get(subject) if isinstance(subject, http.HTTPFlow) else None
+        interception_id = ctx.interception.id if ctx is not None and ctx.interception is not None else None
         log.error("%s failed in %s (interception %s); the gateway answers the flow itself", addon, hook,
                   interception_id or "-", exc_info=exc, extra={"interception_id": interception_id})
         if not isinstance(subject, http.HTTPFlow):

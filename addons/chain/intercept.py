@@ -127,7 +127,7 @@ class Interceptor:
         ctx.interception = interception
         headers = flow.request.headers
         who = clients.identify(headers, body)
-        flow.metadata["aigw_interception_id"] = interception.id
+        flow.metadata["aigw_interception_id"] = interception.id  # for people: mitmweb shows it on the flow
         metadata: dict[str, Any] = {
             "username": ctx.identity.user_name,
             "user_agent": _text(headers.get("user-agent")),

@@ -59,7 +59,6 @@ def request(gov: Governance, user: str = "u1", key: str | None = "k1", model: st
                       identity=Identity(user, user, key, False), byok=byok, received_at=T0)
     interception = Interception(id=str(uuid.uuid4()), api=route.api, started_at=T0, info=RequestInfo(model=model))
     ctx.interception = interception
-    flow.metadata["aigw_interception_id"] = interception.id
     gov.flows.attach(flow, ctx)
     gov.request(flow)
     return flow, ctx
