@@ -28,6 +28,7 @@ from addons.chain.intercept import Interceptor
 from addons.chain.routing import WEBSOCKET_RESPONSES
 from addons.flow.state import FlowContext, FlowStates
 from addons.providers.base import Api, Route
+from addons.upstreams.base import client_left
 from addons.wire import responses
 from addons.wire.sse import SSEEvent
 
@@ -148,6 +149,5 @@ class WebSocketRecorder:
         if not pending:
             return
         message = flow.error.msg if flow.error else "connection error"
-        cancelled = "client disconnected" in message.lower()
         for sub in pending:
-            self.finish(flow, sub, ("cancelled" if cancelled else "failed", message))
+            self.finish(flow, sub, ("cancelled" if client_left(flow, sub) else "failed", message))
