@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import free_port
 
 _PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -133,3 +134,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """Each lake module's own fake provider (the suite's is shared by every module): their replies queue
+    scripted streams."""
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()

@@ -24,13 +24,6 @@ THREADS = 3  # per replica
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def store(s3: S3) -> Iterator[TcpSwitch]:
     """The replicas' way to the S3 store: a relay the tests switch off (moto keeps its buckets in memory,
     so the store itself must stay up)."""

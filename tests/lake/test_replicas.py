@@ -64,13 +64,6 @@ HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def replicas(postgres: Postgres, s3: S3, upstream: FakeUpstream,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Gateway]]:
     env = lake_env(postgres.create_db(), f"s3://{s3.bucket()}/aigw/", s3, upstream)
