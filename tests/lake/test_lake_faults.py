@@ -16,7 +16,7 @@ from tests.fakes.tcp_switch import TcpSwitch
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import Gateway, wait_until
 from tests.lake.conftest import S3, Postgres
-from tests.lake.test_replicas import HELLO, lake_env, message, replica, wait_rows
+from tests.lake.test_replicas import HELLO, lake_env, load, message, replica, wait_rows
 
 REPLICAS = 3
 REQUESTS = 600  # per replica
@@ -78,22 +78,7 @@ def test_three_replicas_exact_counts(replicas: list[Gateway]) -> None:
     first = replicas[0]
     key = first.user_key  # type: ignore[attr-defined]
     since = datetime.now(UTC).isoformat()
-    failures: list[str] = []
-
-    def load(gw: Gateway, n: int) -> None:
-        with httpx.Client(timeout=30, trust_env=False) as client:
-            for _ in range(n):
-                r = client.post(f"{gw.url}/api/v2/aibridge/anthropic/v1/messages", json=HELLO,
-                                headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
-                if r.status_code != 200:
-                    failures.append(f"{gw.port}: {r.status_code} {r.text[:200]}")
-
-    threads = [threading.Thread(target=load, args=(gw, REQUESTS // THREADS)) for gw in replicas for _ in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
+    assert load(replicas, key, REQUESTS // THREADS, THREADS) == []
     expected = REPLICAS * REQUESTS
     rows = wait_rows(first, counts_since(since), lambda r: r[0]["ended"] >= expected, timeout=60)
     assert rows == [{"n": expected, "ended": expected, "ids": expected}]

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,26 @@ def message(gw: Gateway, key: str, body: dict[str, Any], **headers: str) -> http
 HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
+def load(gateways: Sequence[Gateway], key: str, per_thread: int, threads_per_gateway: int) -> list[str]:
+    """`per_thread` messages from each of `threads_per_gateway` threads on every gateway at once; the failures."""
+    failures: list[str] = []
+
+    def send(gw: Gateway) -> None:
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            for _ in range(per_thread):
+                r = client.post(f"{gw.url}/api/v2/aibridge/anthropic/v1/messages", json=HELLO,
+                                headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+                if r.status_code != 200:
+                    failures.append(f"{gw.port}: {r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=send, args=(gw,)) for gw in gateways for _ in range(threads_per_gateway)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
 @pytest.fixture(scope="module")
 def replicas(postgres: Postgres, s3: S3, upstream: FakeUpstream,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Gateway]]:
@@ -85,23 +105,7 @@ def test_concurrent_writes_exact_counts(replicas: tuple[Gateway, Gateway]) -> No
     a, b = replicas
     key = a.user_key  # type: ignore[attr-defined]
     before = a.query("select count(*) as n from aibridge_interceptions")[0]["n"]
-    failures: list[str] = []
-
-    def load(gw: Gateway, n: int) -> None:
-        with httpx.Client(timeout=30, trust_env=False) as client:
-            for _ in range(n):
-                r = client.post(f"{gw.url}/api/v2/aibridge/anthropic/v1/messages", json=HELLO,
-                                headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
-                if r.status_code != 200:
-                    failures.append(f"{gw.port}: {r.status_code} {r.text[:200]}")
-
-    per_thread = REQUESTS // (CONCURRENCY // 2)
-    threads = [threading.Thread(target=load, args=(gw, per_thread)) for gw in (a, b) for _ in range(CONCURRENCY // 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
+    assert load((a, b), key, REQUESTS // (CONCURRENCY // 2), CONCURRENCY // 2) == []
     expected = before + 2 * REQUESTS
     counts = "select count(*) as n, count(ended_at) as ended, count(distinct id) as ids from aibridge_interceptions"
     rows = wait_rows(a, counts, lambda r: r[0]["ended"] == expected)
