@@ -285,15 +285,20 @@ def forget_replica(conn: duckdb.DuckDBPyConnection, replica: str) -> None:
         f"DELETE FROM {LEASE_TABLE} WHERE name = {_quote(REPLICA_LEASE + replica)} AND expires_at < now()"])
 
 
+# How long a file merged away or expired stays in the object store before the upkeep deletes it: a query
+# that began before the merge (a replica's, the CLI's, an analyst's attach) still reads it meanwhile.
+FILE_GRACE = 3600.0
+
+
 def maintain(conn: duckdb.DuckDBPyConnection, keep_snapshots: float) -> None:
     """Compaction: inlined rows to Parquet, small files merged, snapshots older than `keep_snapshots`
-    seconds expired and their files deleted."""
+    seconds expired, and files no longer needed deleted once `FILE_GRACE` has passed."""
     name = _quote(catalog_name(conn))
     conn.execute(f"CALL ducklake_flush_inlined_data({name})")
     conn.execute(f"CALL ducklake_merge_adjacent_files({name})")
     conn.execute(f"CALL ducklake_expire_snapshots({name}, older_than => now() - to_seconds(?))",
                  [float(keep_snapshots)])
-    conn.execute(f"CALL ducklake_cleanup_old_files({name}, cleanup_all => true)")
+    conn.execute(f"CALL ducklake_cleanup_old_files({name}, older_than => now() - to_seconds(?))", [FILE_GRACE])
 
 
 def replica_id(home: Path) -> str:
