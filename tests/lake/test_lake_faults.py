@@ -4,7 +4,6 @@ by all; the object store (S3) switched off and on again under the replicas while
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ from tests.fakes.tcp_switch import TcpSwitch
 from tests.fakes.upstream import FakeUpstream
 from tests.gateway_process import Gateway, wait_until
 from tests.lake.conftest import S3, Postgres
-from tests.lake.test_replicas import HELLO, lake_env, load, message, replica, wait_rows
+from tests.lake.test_replicas import HELLO, lake_env, load, message, replica, status_on, wait_rows
 
 REPLICAS = 3
 REQUESTS = 600  # per replica
@@ -95,19 +94,11 @@ def test_keys_and_revocation_reach_all_three(replicas: list[Gateway]) -> None:
     assert created.status_code == 201, created.text
     key, key_id = created.json()["key"], created.json()["id"]
 
-    def status_on(gw: Gateway, want: int) -> int:
-        deadline = time.monotonic() + 2  # the promise: within two seconds
-        while True:
-            code = message(gw, key, HELLO).status_code
-            if code == want or time.monotonic() > deadline:
-                return code
-            time.sleep(0.1)
-
-    assert [status_on(gw, 200) for gw in others] == [200, 200]  # created through the first, used on the others
+    assert [status_on(gw, key, 200) for gw in others] == [200, 200]  # created through the first, used on the others
     revoked = httpx.delete(f"{others[0].url}/api/v2/aibridge/keys/{key_id}", timeout=30, trust_env=False,
                            headers={"authorization": f"Bearer {admin}"})
     assert revoked.status_code == 200, revoked.text
-    assert [status_on(gw, 401) for gw in (first, others[1])] == [401, 401]  # revoked through the second
+    assert [status_on(gw, key, 401) for gw in (first, others[1])] == [401, 401]  # revoked through the second
 
 
 def test_object_store_down(replicas: list[Gateway], store: TcpSwitch) -> None:
