@@ -273,7 +273,7 @@ def _serialised(conn: duckdb.DuckDBPyConnection, write: Callable[[duckdb.DuckDBP
         cur.execute("UPDATE aigw_schema SET version = version")
         write(cur)
 
-    retry_conflicts(conn, run, attempts=20)
+    retry_conflicts(conn, run)
 
 
 def set_user(conn: duckdb.DuckDBPyConnection, user: str, changes: dict[str, Any], create: bool = False) -> None:
