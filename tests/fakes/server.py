@@ -16,10 +16,23 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
     def read_request(self) -> tuple[dict[str, str], bytes]:
-        """The request's headers (lower-case names) and its whole body."""
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        """The request's headers (lower-case names) and its whole body, sized or chunked. (Answering before
+        a chunked body is read makes the close race the sender: the gateway saw its upstream cut.)"""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            body = self._read_chunked()
+        else:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
         return {k.lower(): v for k, v in self.headers.items()}, body
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after the chunk
+        while self.rfile.readline().strip():  # trailers, up to the blank line
+            pass
+        return b"".join(parts)
 
 
 class LoopbackServer:
