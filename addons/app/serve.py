@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.proxy.layers.http import _http1
 
 from addons.app import ca, runtime
+from addons.app.collector import Collector
 from addons.app.engine import AigwMaster, use_hook_table
 from addons.app.wiring import Process, build_chain
 from addons.app.workers.link import WorkerLink
@@ -285,13 +285,12 @@ async def serve(process: Process, *, sets: Sequence[str], web: bool, quiet: bool
         log.info("aigw listening on %s (database %s%s)", url,
                  f"DuckLake {lake.describe(settings.lake)}" if settings.lake else settings.db,
                  f"; {settings.workers} workers" if supervisor is not None else "")
-    # Everything loaded so far (mitmproxy, DuckDB, botocore's models, prices) lives as long as the
-    # process: keep it out of the collector's full passes, which otherwise pause every stream.
-    gc.collect()
-    gc.freeze()
+    collector = Collector(chain.shutdown.busy)  # full passes between requests, not mid-stream
+    collector.start()
     try:
         await master.run()
     finally:
+        collector.stop()
         if link is None:
             runtime.remove(settings.db, os.getpid())
     return 0

@@ -1,0 +1,86 @@
+"""When the garbage collector makes its full passes: between requests, not in the middle of streams.
+
+Everything loaded at start-up (mitmproxy, DuckDB, botocore's models, prices) lives as long as the process,
+so it is frozen (`gc.freeze`) and no pass traverses it. Under load, what is left for a full pass is the
+open flows: their connections, layers, parsers and records. CPython before 3.14 starts a full pass once a
+quarter as many objects were promoted since the last one as survived it, which with hundreds of open
+streams is every few seconds. Each pass stops every stream for as long as it takes to traverse them all:
+100 to 240 ms with 500 to 1,000 streams on the bench machine (BENCHMARKS.md), and it found nothing to free, since
+those objects are alive and what dies is freed by reference counting or the young generations' passes. One
+240 ms pause in a 20-second run delays about 1 % of all events by up to that long, which was most of
+scenario 3's p99.
+
+So the young generations stay automatic, and the full pass is the gateway's to time. It runs once
+CPython would have wanted one (`due`), checked every `CHECK` seconds: as soon as no request is in
+flight, and under traffic only as often as keeps full passes under `BUDGET` of the time, judged by how
+long the last one took. A pass of 240 ms then waits 48 s for the next, and pauses that short a share of
+the time no longer reach the p99; with a few dozen requests in flight a pass takes milliseconds and
+runs every second or so, which keeps the cyclic garbage of finished flows (objects promoted while their
+request ran, about 1.5 KB a request in the bench's soak) from piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("aigw.collector")
+
+CHECK = 1.0  # seconds between looks at the load
+BUDGET = 0.005  # the share of the time full passes may take while requests are in flight
+FIRST_GUESS = 0.25  # seconds a full pass is assumed to take until one was timed: the longest seen on the bench
+NEVER = 2**31 - 1  # a full-pass threshold CPython never reaches
+
+
+class Collector:
+    """Takes over the full garbage-collection passes of one gateway process (see the module's text)."""
+
+    def __init__(self, busy: Callable[[], int], check: float = CHECK, budget: float = BUDGET) -> None:
+        self.busy = busy  # how many requests are in flight
+        self.check = check
+        self.budget = budget
+        self.threshold = gc.get_threshold()
+        self.task: asyncio.Task[None] | None = None
+        self.last = 0.0  # when the last full pass ended (monotonic seconds)
+        self.took = FIRST_GUESS  # how long it took
+
+    def start(self) -> None:
+        """Freeze what start-up loaded; on CPython < 3.14, time the full passes from here on."""
+        gc.collect()
+        gc.freeze()
+        if sys.version_info >= (3, 14):
+            return  # its incremental collector spreads the old generation over many short steps
+        self.threshold = gc.get_threshold()
+        gc.set_threshold(self.threshold[0], self.threshold[1], NEVER)
+        self.last = time.monotonic()
+        self.task = asyncio.get_running_loop().create_task(self.run(), name="aigw full gc passes")
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+            gc.set_threshold(*self.threshold)
+
+    def due(self) -> bool:
+        # gc.get_count()[2]: young-generation passes since the last full one, as CPython counts them.
+        return gc.get_count()[2] > self.threshold[2]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.check)
+            if self.due() and (not self.busy() or time.monotonic() - self.last >= self.took / self.budget):
+                self.collect()
+
+    def collect(self) -> None:
+        started = time.monotonic()
+        freed = gc.collect()
+        self.last = time.monotonic()
+        self.took = self.last - started
+        log.debug("full garbage-collection pass: %d objects freed in %.0f ms", freed, self.took * 1000)
+
+
+__all__ = ["Collector"]
