@@ -307,8 +307,11 @@ class Bench:
             r = self.loadgen(spec, {"sut": sysm.proc}, p.s3_seconds + p.s3_ramp + 180)
             self.record("3", sysm.name, {}, r)
             sut = r["procs"].get("sut") or r["procs"].get("upstream", {})
+            # The load generator and the fake upstream share the CPUs with the system under test.
+            harness = float(r.get("loadgen_cpu_pct") or 0) + float(r["procs"].get("upstream", {}).get("cpu_pct") or 0)
             log(f"  {sysm.name}: errors {r.get('errors')} event delay p99 {_g(r, 'event_delay_ms', 'p99')} ms, "
-                f"RSS max {sut.get('rss_max_mb')} MB, CPU {sut.get('cpu_pct')} %")
+                f"RSS max {sut.get('rss_max_mb')} MB, CPU {sut.get('cpu_pct')} %, CPU per event "
+                f"{r.get('cpu_us_per_event', '-')} µs; load generator + fake upstream {harness:.0f} % of one CPU")
         self.results["3_many_agents"] = {"params": params}
 
     def s7_one_stream(self) -> None:
