@@ -70,10 +70,15 @@ class Collector:
         return gc.get_count()[2] > self.threshold[2]
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.check)
-            if self.due() and (not self.busy() or time.monotonic() - self.last >= self.took / self.budget):
-                self.collect()
+        try:
+            while True:
+                await asyncio.sleep(self.check)
+                if self.due() and (not self.busy() or time.monotonic() - self.last >= self.took / self.budget):
+                    self.collect()
+        except Exception:
+            # Without this task nothing would start a full pass: hand them back to CPython.
+            log.exception("timing the garbage collector's full passes failed; CPython times them again")
+            gc.set_threshold(*self.threshold)
 
     def collect(self) -> None:
         started = time.monotonic()

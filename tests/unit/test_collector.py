@@ -119,3 +119,17 @@ async def test_cyclic_garbage_in_the_oldest_generation_is_freed_by_the_timed_pas
         assert await wait_for(lambda: old_nodes() == 0)
     finally:
         collector.stop()
+
+
+async def test_if_timing_fails_full_passes_go_back_to_cpython() -> None:
+    def broken() -> int:
+        raise RuntimeError("in-flight count unavailable")
+
+    collector = Collector(broken, check=CHECK)
+    collector.start()
+    try:
+        make_due(collector)
+        assert await wait_for(lambda: gc.get_threshold() == collector.threshold)
+        assert collector.task is not None and collector.task.done()
+    finally:
+        collector.stop()
