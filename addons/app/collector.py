@@ -1,22 +1,23 @@
 """When the garbage collector makes its full passes: between requests, not in the middle of streams.
 
-Everything loaded at start-up (mitmproxy, DuckDB, botocore's models, prices) lives as long as the process,
-so it is frozen (`gc.freeze`) and no pass traverses it. Under load, what is left for a full pass is the
-open flows: their connections, layers, parsers and records. CPython before 3.14 starts a full pass once a
-quarter as many objects were promoted since the last one as survived it, which with hundreds of open
-streams is every few seconds. Each pass stops every stream for as long as it takes to traverse them all:
-100 to 240 ms with 500 to 1,000 streams on the bench machine (BENCHMARKS.md), and it found nothing to free, since
-those objects are alive and what dies is freed by reference counting or the young generations' passes. One
-240 ms pause in a 20-second run delays about 1 % of all events by up to that long, which was most of
-scenario 3's p99.
+Everything loaded at start-up (mitmproxy, DuckDB, botocore's models, prices) lives as long as the
+process, so it is frozen (`gc.freeze`) and no pass traverses it. Under load, what is left for a full
+pass is the open flows: their connections, layers, parsers and records. CPython's generational
+collector starts a full pass once a quarter as many objects were promoted since the last one as
+survived it, which with hundreds of open streams is every few seconds. Each pass stops every stream
+for as long as it takes to traverse them all: 100 to 245 ms with 500 to 1,000 streams on the bench
+machine (BENCHMARKS.md), and it found next to nothing to free, since those objects are alive and what
+dies is mostly freed by reference counting or the young generations' passes. One 245 ms pause in a
+20-second run delays about 1 % of all events by up to that long: the p99 itself, wherever the gateway
+otherwise keeps up.
 
 So the young generations stay automatic, and the full pass is the gateway's to time. It runs once
 CPython would have wanted one (`due`), checked every `CHECK` seconds: as soon as no request is in
-flight, and under traffic only as often as keeps full passes under `BUDGET` of the time, judged by how
-long the last one took. A pass of 240 ms then waits 48 s for the next, and pauses that short a share of
-the time no longer reach the p99; with a few dozen requests in flight a pass takes milliseconds and
-runs every second or so, which keeps the cyclic garbage of finished flows (objects promoted while their
-request ran, about 1.5 KB a request in the bench's soak) from piling up.
+flight, and under traffic only as often as keeps full passes under `BUDGET` of the time, judged by
+how long the last one took. A pass of 245 ms then waits 49 s for the next, a share of the time too
+small to reach the p99. With 16 requests in flight a pass took 21 to 53 ms and ran every 5 to 9 s,
+which keeps the cyclic garbage of finished flows (objects promoted while their request ran) from
+piling up.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import time
 from collections.abc import Callable
 
@@ -49,13 +49,15 @@ class Collector:
         self.took = FIRST_GUESS  # how long it took
 
     def start(self) -> None:
-        """Freeze what start-up loaded; on CPython < 3.14, time the full passes from here on."""
+        """Freeze what start-up loaded, then time the full passes from here on."""
         gc.collect()
         gc.freeze()
-        if sys.version_info >= (3, 14):
-            return  # its incremental collector spreads the old generation over many short steps
         self.threshold = gc.get_threshold()
         gc.set_threshold(self.threshold[0], self.threshold[1], NEVER)
+        if gc.get_threshold()[2] != NEVER:
+            # The incremental collector of CPython 3.14.0-3.14.4 ignores this threshold: it spreads the old
+            # generation over many short steps, and there are no long passes to move.
+            return
         self.last = time.monotonic()
         self.task = asyncio.get_running_loop().create_task(self.run(), name="aigw full gc passes")
 
