@@ -36,6 +36,16 @@ FIRST_GUESS = 0.25  # seconds a full pass is assumed to take until one was timed
 NEVER = 2**31 - 1  # a full-pass threshold CPython never reaches
 
 
+def generational() -> bool:
+    """Whether this CPython's collector honours a full-pass threshold: all but the incremental collector of
+    3.14.0-3.14.4, which ignores it (3.14.5 and 3.15 went back to the generational one)."""
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], NEVER)
+    honoured = gc.get_threshold()[2] == NEVER
+    gc.set_threshold(*before)
+    return honoured
+
+
 class Collector:
     """Takes over the full garbage-collection passes of one gateway process (see the module's text)."""
 
@@ -43,7 +53,7 @@ class Collector:
         self.busy = busy  # how many requests are in flight
         self.check = check
         self.budget = budget
-        self.threshold = gc.get_threshold()
+        self.threshold = gc.get_threshold()  # CPython's, given back by `stop`
         self.task: asyncio.Task[None] | None = None
         self.last = 0.0  # when the last full pass ended (monotonic seconds)
         self.took = FIRST_GUESS  # how long it took
@@ -52,12 +62,9 @@ class Collector:
         """Freeze what start-up loaded, then time the full passes from here on."""
         gc.collect()
         gc.freeze()
-        self.threshold = gc.get_threshold()
+        if not generational():
+            return  # an incremental collector spreads the old generation over short steps: nothing to move
         gc.set_threshold(self.threshold[0], self.threshold[1], NEVER)
-        if gc.get_threshold()[2] != NEVER:
-            # The incremental collector of CPython 3.14.0-3.14.4 ignores this threshold: it spreads the old
-            # generation over many short steps, and there are no long passes to move.
-            return
         self.last = time.monotonic()
         self.task = asyncio.get_running_loop().create_task(self.run(), name="aigw full gc passes")
 
@@ -90,4 +97,4 @@ class Collector:
         log.debug("full garbage-collection pass: %d objects freed in %.0f ms", freed, self.took * 1000)
 
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "generational"]

@@ -9,17 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from addons.app.collector import NEVER, Collector
-
-
-def generational() -> bool:
-    """Whether this CPython's collector has a full-pass threshold (all but 3.14.0-3.14.4's incremental one)."""
-    before = gc.get_threshold()
-    gc.set_threshold(before[0], before[1], 12345)
-    honoured = gc.get_threshold()[2] == 12345
-    gc.set_threshold(*before)
-    return honoured
-
+from addons.app.collector import NEVER, Collector, generational
 
 pytestmark = pytest.mark.skipif(not generational(), reason="this CPython's collector is incremental: no full passes")
 
